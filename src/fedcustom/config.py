@@ -1,0 +1,286 @@
+"""Experiment configuration: frozen dataclasses with help text, TOML in, `--set a.b=v` overrides.
+
+Every section is a dataclass; its fields carry their help text in `metadata["help"]` and are
+checked when the dataclass is built, so a bad value fails before any model or data loads.
+`[method]` and `[strategy]` tables name a registered component; the remaining keys of the
+table are that component's own options dataclass.
+"""
+
+from __future__ import annotations
+
+import tomllib
+import typing
+from collections.abc import Mapping
+from dataclasses import MISSING, asdict, dataclass, field, fields, is_dataclass
+from pathlib import Path
+from typing import Any, Literal
+
+import tomli_w
+
+from fedcustom.errors import UserError
+
+
+class ConfigError(UserError):
+    pass
+
+
+class FieldError(ValueError):
+    """Raised by a dataclass's checks; the builder adds the section path to the message."""
+
+    def __init__(self, name: str, expected: str) -> None:
+        super().__init__(name)
+        self.name, self.expected = name, expected
+
+
+def opt(default: Any, help: str) -> Any:  # noqa: A002 - "help" reads best at call sites
+    return field(default=default, metadata={"help": help})
+
+
+def check(ok: bool, name: str, expected: str) -> None:
+    if not ok:
+        raise FieldError(name, expected)
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    name: str = opt("minilm", "packaged short name (minilm, smollm2), a local directory or a hub id")
+    max_length: int = opt(64, "tokens per example after truncation")
+    pooling: Literal["mean", "cls"] = opt("mean", "how token states become one vector for the head")
+
+    def __post_init__(self) -> None:
+        check(self.max_length >= 4, "max_length", "an integer >= 4")
+
+
+@dataclass(frozen=True)
+class DataConfig:
+    dataset: str = opt("rotten-tomatoes", "built-in name, or a path to a CSV/JSONL file or HF dataset dir")
+    text_column: str = opt("text", "column holding the text (user data)")
+    label_column: str = opt("label", "column holding the label (user data)")
+    test_fraction: float = opt(0.2, "share of examples held out as the test set (never sent to clients)")
+    validation_fraction: float = opt(0.0, "share of the training examples held out for tuning")
+    split_seed: int = opt(0, "seed of the train/test split; fixed so every run sees the same test set")
+    max_train_examples: int = opt(0, "keep at most this many training examples (0: all)")
+    max_test_examples: int = opt(0, "keep at most this many test examples (0: all)")
+
+    def __post_init__(self) -> None:
+        check(0 < self.test_fraction < 1, "test_fraction", "a number in (0, 1)")
+        check(0 <= self.validation_fraction < 1, "validation_fraction", "a number in [0, 1)")
+        check(self.max_train_examples >= 0, "max_train_examples", "an integer >= 0")
+        check(self.max_test_examples >= 0, "max_test_examples", "an integer >= 0")
+
+
+@dataclass(frozen=True)
+class PartitionConfig:
+    scheme: Literal["iid", "dirichlet", "shard"] = opt("iid", "how training data is split over clients")
+    num_clients: int = opt(10, "number of clients")
+    alpha: float = opt(1.0, "Dirichlet concentration on the label (smaller: more skew)")
+    shards_per_client: int = opt(2, "label-sorted shards per client (scheme 'shard')")
+    min_size: int = opt(1, "smallest allowed client dataset; a smaller one is an error")
+
+    def __post_init__(self) -> None:
+        check(self.num_clients >= 1, "num_clients", "an integer >= 1")
+        check(self.alpha > 0, "alpha", "a number > 0")
+        check(self.shards_per_client >= 1, "shards_per_client", "an integer >= 1")
+        check(self.min_size >= 1, "min_size", "an integer >= 1")
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    lr: float = opt(1e-2, "learning rate of the method's trainable tensors (AdamW)")
+    head_lr: float = opt(0.0, "learning rate of the task head (0: same as lr)")
+    batch_size: int = opt(16, "examples per local training step")
+    local_epochs: int = opt(1, "passes over its data a client makes per round")
+    weight_decay: float = opt(0.0, "AdamW weight decay")
+    max_grad_norm: float = opt(1.0, "gradient clipping norm (0: off)")
+    eval_batch_size: int = opt(256, "examples per evaluation forward pass")
+
+    def __post_init__(self) -> None:
+        check(self.lr > 0, "lr", "a number > 0")
+        check(self.head_lr >= 0, "head_lr", "a number >= 0")
+        check(self.batch_size >= 1, "batch_size", "an integer >= 1")
+        check(self.local_epochs >= 1, "local_epochs", "an integer >= 1")
+        check(self.weight_decay >= 0, "weight_decay", "a number >= 0")
+        check(self.max_grad_norm >= 0, "max_grad_norm", "a number >= 0")
+        check(self.eval_batch_size >= 1, "eval_batch_size", "an integer >= 1")
+
+
+@dataclass(frozen=True)
+class FederationConfig:
+    rounds: int = opt(5, "communication rounds")
+    fraction_fit: float = opt(1.0, "share of clients sampled to train each round")
+
+    def __post_init__(self) -> None:
+        check(self.rounds >= 1, "rounds", "an integer >= 1")
+        check(0 < self.fraction_fit <= 1, "fraction_fit", "a number in (0, 1]")
+
+
+@dataclass(frozen=True)
+class ComponentSpec:
+    """A registered component (method or strategy) by name, with its own options dataclass."""
+
+    name: str
+    options: Any
+
+
+MODES = ("federated", "centralized")
+
+
+@dataclass(frozen=True)
+class ExperimentConfig:
+    name: str = opt("experiment", "run name; the run folder is OUTPUT_DIR/NAME")
+    seed: int = opt(0, "seed of client sampling, shuffling and initialization")
+    modes: tuple[str, ...] = opt(("federated",), "what to run: federated and/or centralized")
+    engine: str = opt("simulation", "where clients run")
+    output_dir: str = opt("runs", "folder that receives the run folder")
+    threads: int = opt(0, "torch CPU threads (0: all cores)")
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    partition: PartitionConfig = field(default_factory=PartitionConfig)
+    method: ComponentSpec = field(default_factory=lambda: component("method", {"name": "prefix"}))
+    strategy: ComponentSpec = field(default_factory=lambda: component("strategy", {"name": "fedavg"}))
+    train: TrainConfig = field(default_factory=TrainConfig)
+    federation: FederationConfig = field(default_factory=FederationConfig)
+
+    def __post_init__(self) -> None:
+        check(bool(self.modes) and set(self.modes) <= set(MODES), "modes",
+              f"a non-empty list drawn from {list(MODES)}")
+        check(self.threads >= 0, "threads", "an integer >= 0")
+        check(bool(self.name) and "/" not in self.name, "name", "a non-empty name without '/'")
+        from fedcustom.engines import ENGINES
+
+        check(self.engine in ENGINES.names(), "engine", f"one of {ENGINES.names()}")
+        from fedcustom.methods import METHODS
+        from fedcustom.strategies import STRATEGIES
+
+        method = METHODS.get(self.method.name)
+        strategy = STRATEGIES.get(self.strategy.name)
+        check(method.exchange in strategy.accepts, "strategy",
+              f"a strategy that accepts '{method.exchange}' payloads "
+              f"('{self.strategy.name}' accepts {sorted(strategy.accepts)})")
+
+
+# --- building from TOML ------------------------------------------------------------------------
+
+def component(kind: str, raw: Any, where: str = "") -> ComponentSpec:
+    from fedcustom.methods import METHODS
+    from fedcustom.strategies import STRATEGIES
+
+    registry = {"method": METHODS, "strategy": STRATEGIES}[kind]
+    where = where or f"{kind}."
+    if not isinstance(raw, Mapping) or not isinstance(raw.get("name"), str):
+        raise ConfigError(f"[{where.rstrip('.')}] needs a 'name' ({', '.join(registry.names())})")
+    cls = registry.get(raw["name"])
+    options = {k: v for k, v in raw.items() if k != "name"}
+    return ComponentSpec(raw["name"], build(cls.Options, options, where))
+
+
+def build(cls: type, raw: Any, where: str = "") -> Any:
+    """Build dataclass `cls` from a mapping, naming the offending key in every error."""
+    if not isinstance(raw, Mapping):
+        raise ConfigError(f"'{where.rstrip('.') or 'config'}' must be a table, got {raw!r}")
+    hints = typing.get_type_hints(cls)
+    known = [f.name for f in fields(cls)]
+    kwargs: dict[str, Any] = {}
+    for key, value in raw.items():
+        if key not in known:
+            raise ConfigError(f"unknown key '{where}{key}'; expected one of: {', '.join(known)}")
+        hint = hints[key]
+        if hint is ComponentSpec:
+            kwargs[key] = component(key, value, f"{where}{key}.")
+        elif is_dataclass(hint):
+            kwargs[key] = build(hint, value, f"{where}{key}.")  # type: ignore[arg-type]
+        else:
+            kwargs[key] = coerce(value, hint, f"{where}{key}")
+    try:
+        return cls(**kwargs)
+    except FieldError as e:
+        got = kwargs.get(e.name, getattr(cls, e.name, None))
+        raise ConfigError(f"{where}{e.name} = {got!r}: expected {e.expected}") from None
+
+
+def coerce(value: Any, hint: Any, key: str) -> Any:
+    origin, args = typing.get_origin(hint), typing.get_args(hint)
+    if origin is Literal:
+        if value not in args:
+            raise ConfigError(f"{key} = {value!r}: expected one of {list(args)}")
+        return value
+    if origin is tuple:
+        if not isinstance(value, list | tuple):
+            raise ConfigError(f"{key} = {value!r}: expected a list")
+        return tuple(coerce(v, args[0], key) for v in value)
+    ok = {
+        bool: isinstance(value, bool),
+        int: isinstance(value, int) and not isinstance(value, bool),
+        float: isinstance(value, int | float) and not isinstance(value, bool),
+        str: isinstance(value, str),
+    }.get(hint)
+    if ok is None:
+        raise TypeError(f"config field {key} has unsupported type {hint}")
+    if not ok:
+        raise ConfigError(f"{key} = {value!r}: expected {getattr(hint, '__name__', hint)}")
+    return float(value) if hint is float else value
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """`a.b=v` -> (["a", "b"], v), with v read as a TOML value (bare words are strings)."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key.strip():
+        raise ConfigError(f"--set {text!r}: expected KEY=VALUE, e.g. federation.rounds=3")
+    try:
+        value = tomllib.loads(f"v = {raw.strip()}")["v"]
+    except tomllib.TOMLDecodeError:
+        value = raw.strip()
+    return key.strip().split("."), value
+
+
+def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
+    for text in overrides:
+        path, value = parse_override(text)
+        table = raw
+        for part in path[:-1]:
+            table = table.setdefault(part, {})
+            if not isinstance(table, dict):
+                raise ConfigError(f"--set {text!r}: '{part}' is not a table")
+        table[path[-1]] = value
+    return raw
+
+
+def read_toml(path: str | Path) -> dict[str, Any]:
+    path = Path(path)
+    if not path.is_file():
+        raise ConfigError(f"config file not found: {path}")
+    try:
+        return tomllib.loads(path.read_text())
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as e:
+        raise ConfigError(f"{path}: invalid TOML: {e}") from None
+
+
+def load_config(path: str | Path | None = None, overrides: list[str] | None = None) -> ExperimentConfig:
+    raw = read_toml(path) if path is not None else {}
+    return build(ExperimentConfig, apply_overrides(raw, list(overrides or [])))
+
+
+def to_dict(cfg: Any) -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for f in fields(cfg):
+        value = getattr(cfg, f.name)
+        if isinstance(value, ComponentSpec):
+            out[f.name] = {"name": value.name, **asdict(value.options)}
+        elif is_dataclass(value):
+            out[f.name] = to_dict(value)
+        else:
+            out[f.name] = list(value) if isinstance(value, tuple) else value
+    return out
+
+
+def dumps(cfg: ExperimentConfig) -> str:
+    return tomli_w.dumps(to_dict(cfg))
+
+
+def describe(cls: type, prefix: str = "") -> list[tuple[str, Any, str]]:
+    """(key, default, help) for every field, for `fedcustom methods` and docs."""
+    rows = []
+    for f in fields(cls):
+        default = f.default if f.default is not MISSING else "(table)"
+        rows.append((prefix + f.name, default, f.metadata.get("help", "")))
+    return rows

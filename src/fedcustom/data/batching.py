@@ -1,0 +1,76 @@
+"""Tokenize once, then cut length-bucketed batches with dynamic padding.
+
+Every example is tokenized a single time into one padded matrix; a batch is a row selection
+trimmed to its longest member, so short snippets never pay for `max_length`.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+BUCKET_BATCHES = 32  # batches per sorting window: enough to group lengths, small enough to mix
+
+
+@dataclass
+class Encoded:
+    input_ids: torch.Tensor  # [N, max_length], right-padded
+    lengths: torch.Tensor  # [N]
+    labels: torch.Tensor  # [N]
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+@dataclass
+class Batch:
+    input_ids: torch.Tensor
+    attention_mask: torch.Tensor
+    labels: torch.Tensor
+
+    def __len__(self) -> int:
+        return len(self.labels)
+
+
+def encode(texts: Sequence[str], labels: Sequence[int], tokenizer: Any, max_length: int) -> Encoded:
+    ids = tokenizer(list(texts), truncation=True, max_length=max_length)["input_ids"]
+    lengths = torch.tensor([len(x) for x in ids], dtype=torch.long)
+    matrix = torch.full((len(ids), max(int(lengths.max()), 1)), tokenizer.pad_token_id)
+    for row, x in enumerate(ids):
+        matrix[row, : len(x)] = torch.tensor(x)
+    return Encoded(matrix, lengths, torch.tensor(list(labels), dtype=torch.long))
+
+
+def take(data: Encoded, rows: np.ndarray) -> Batch:
+    index = torch.from_numpy(rows)
+    lengths = data.lengths[index]
+    width = int(lengths.max())
+    mask = torch.arange(width).unsqueeze(0) < lengths.unsqueeze(1)
+    return Batch(data.input_ids[index, :width], mask.long(), data.labels[index])
+
+
+def train_batches(
+    data: Encoded, rows: np.ndarray, batch_size: int, rng: np.random.Generator
+) -> Iterator[Batch]:
+    """Shuffled batches of similar length: shuffle, sort within windows, shuffle batch order."""
+    rows = rng.permutation(rows)
+    lengths = data.lengths.numpy()
+    window = batch_size * BUCKET_BATCHES
+    batches = []
+    for start in range(0, len(rows), window):
+        chunk = rows[start : start + window]
+        chunk = chunk[np.argsort(lengths[chunk], kind="stable")]
+        batches += [chunk[i : i + batch_size] for i in range(0, len(chunk), batch_size)]
+    for b in rng.permutation(len(batches)):
+        yield take(data, batches[b])
+
+
+def eval_batches(data: Encoded, rows: np.ndarray, batch_size: int) -> Iterator[Batch]:
+    """All rows sorted by length, so padding is minimal; order does not matter for metrics."""
+    rows = rows[np.argsort(data.lengths.numpy()[rows], kind="stable")]
+    for i in range(0, len(rows), batch_size):
+        yield take(data, rows[i : i + batch_size])

@@ -1,0 +1,31 @@
+"""Metrics of a global model on held-out data: accuracy, macro-F1 and loss for classification."""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from sklearn.metrics import f1_score
+from torch import nn
+
+from fedcustom.data.batching import Encoded, eval_batches
+
+
+@torch.inference_mode()
+def evaluate_classifier(
+    model: nn.Module, data: Encoded, batch_size: int, rows: np.ndarray | None = None
+) -> dict[str, float]:
+    rows = np.arange(len(data)) if rows is None else rows
+    model.eval()
+    preds, labels, loss_sum = [], [], 0.0
+    for batch in eval_batches(data, rows, batch_size):
+        logits = model(batch.input_ids, batch.attention_mask)
+        loss_sum += F.cross_entropy(logits, batch.labels, reduction="sum").item()
+        preds.append(logits.argmax(-1))
+        labels.append(batch.labels)
+    y_pred, y_true = torch.cat(preds).numpy(), torch.cat(labels).numpy()
+    return {
+        "accuracy": float((y_pred == y_true).mean()),
+        "macro_f1": float(f1_score(y_true, y_pred, average="macro", zero_division=0)),
+        "loss": loss_sum / len(y_true),
+    }

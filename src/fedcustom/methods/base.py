@@ -1,0 +1,77 @@
+"""The Method interface: what is trainable and what travels between clients and server.
+
+A method wraps and freezes a task model (`prepare`), names its exchanged state (`get_state` /
+`set_state`: by default every tensor with requires_grad, found by walking the model), and gives
+the one loss the shared training loop calls. Engines and strategies know nothing else about it.
+"""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from pathlib import Path
+from typing import ClassVar
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import save_file
+from torch import nn
+
+from fedcustom.data.batching import Batch
+from fedcustom.errors import UserError
+from fedcustom.registry import Registry
+
+State = dict[str, torch.Tensor]
+
+
+class Method(ABC):
+    name: ClassVar[str]
+    summary: ClassVar[str]
+    # What the method exchanges: weights | logits | scores | none (see DESIGN.md).
+    exchange: ClassVar[str] = "weights"
+    Options: ClassVar[type]
+
+    def __init__(self, options: object) -> None:
+        self.options = options
+
+    @abstractmethod
+    def prepare(self, model: nn.Module) -> nn.Module:
+        """Wrap and freeze `model` so exactly the method's tensors require grad."""
+
+    def trainable(self, model: nn.Module) -> dict[str, nn.Parameter]:
+        return {n: p for n, p in model.named_parameters() if p.requires_grad}
+
+    def get_state(self, model: nn.Module) -> State:
+        return {n: p.detach().clone() for n, p in self.trainable(model).items()}
+
+    def set_state(self, model: nn.Module, state: State) -> None:
+        params = self.trainable(model)
+        if set(params) != set(state):
+            missing, extra = sorted(set(params) - set(state)), sorted(set(state) - set(params))
+            raise UserError(f"state does not match the model: missing {missing}, unexpected {extra}")
+        with torch.no_grad():
+            for name, param in params.items():
+                if param.shape != state[name].shape:
+                    raise UserError(
+                        f"state tensor {name} has shape {tuple(state[name].shape)}, "
+                        f"model expects {tuple(param.shape)}"
+                    )
+                param.copy_(state[name])
+
+    def loss(self, model: nn.Module, batch: Batch) -> torch.Tensor:
+        return F.cross_entropy(model(batch.input_ids, batch.attention_mask), batch.labels)
+
+    def save_adapter(self, model: nn.Module, path: Path) -> None:
+        """Export for use outside fedcustom. PEFT-wrapped encoders are written in PEFT's format."""
+        from peft import PeftModel
+
+        path.mkdir(parents=True, exist_ok=True)
+        encoder = getattr(model, "encoder", None)
+        if isinstance(encoder, PeftModel):
+            encoder.save_pretrained(path)
+        head = getattr(model, "head", None)
+        if head is not None:
+            save_file({k: v.contiguous() for k, v in head.state_dict().items()},
+                      path / "head.safetensors")
+
+
+METHODS: Registry[type[Method]] = Registry("method")

@@ -1,0 +1,75 @@
+"""THE local training loop. Federated clients and the centralized baseline both run it."""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from fedcustom.config import TrainConfig
+from fedcustom.data.batching import Encoded, train_batches
+from fedcustom.methods.base import Method
+
+
+@dataclass(frozen=True)
+class LocalResult:
+    loss: float  # mean training loss over the local steps
+    steps: int
+    examples: int  # examples seen, epochs included
+    seconds: float
+
+
+def make_optimizer(model: nn.Module, method: Method, cfg: TrainConfig) -> torch.optim.Optimizer:
+    """AdamW over the method's tensors; the task head may get its own learning rate."""
+    head = getattr(model, "head", None)
+    head_ids = {id(p) for p in head.parameters()} if head is not None else set()
+    params = list(method.trainable(model).values())
+    groups = [
+        {"params": [p for p in params if id(p) not in head_ids], "lr": cfg.lr},
+        {"params": [p for p in params if id(p) in head_ids], "lr": cfg.head_lr or cfg.lr},
+    ]
+    return torch.optim.AdamW([g for g in groups if g["params"]], weight_decay=cfg.weight_decay)
+
+
+def train_local(
+    model: nn.Module,
+    method: Method,
+    data: Encoded,
+    rows: np.ndarray,
+    cfg: TrainConfig,
+    seed: int,
+    progress: str | None = None,
+) -> LocalResult:
+    """Train the method's tensors of `model` in place on `rows` of `data` for cfg.local_epochs.
+
+    A fresh optimizer per call: clients are stateless between rounds. `seed` fixes the batch
+    order and dropout, so the same (config, seed, round, client) gives the same update.
+    """
+    start = time.perf_counter()
+    rng = np.random.default_rng(seed)
+    torch.manual_seed(seed)
+    optimizer = make_optimizer(model, method, cfg)
+    params = [p for g in optimizer.param_groups for p in g["params"]]
+    steps_per_epoch = -(-len(rows) // cfg.batch_size)
+    bar = tqdm(total=steps_per_epoch * cfg.local_epochs, desc=progress, leave=False,
+               disable=progress is None, unit="step")
+    model.train()
+    total, steps, examples = 0.0, 0, 0
+    for _ in range(cfg.local_epochs):
+        for batch in train_batches(data, rows, cfg.batch_size, rng):
+            loss = method.loss(model, batch)
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            if cfg.max_grad_norm > 0:
+                torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
+            optimizer.step()
+            total += loss.item()
+            steps += 1
+            examples += len(batch)
+            bar.update()
+    bar.close()
+    return LocalResult(total / max(steps, 1), steps, examples, time.perf_counter() - start)
