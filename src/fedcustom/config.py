@@ -8,7 +8,6 @@ table are that component's own options dataclass.
 
 from __future__ import annotations
 
-import tomllib
 import typing
 from collections.abc import Mapping
 from dataclasses import MISSING, asdict, dataclass, field, fields, is_dataclass
@@ -16,6 +15,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import tomli_w
+import tomllib
 
 from fedcustom.errors import UserError
 
@@ -136,8 +136,8 @@ class ExperimentConfig:
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     partition: PartitionConfig = field(default_factory=PartitionConfig)
-    method: ComponentSpec = field(default_factory=lambda: component("method", {"name": "prefix"}))
-    strategy: ComponentSpec = field(default_factory=lambda: component("strategy", {"name": "fedavg"}))
+    method: ComponentSpec = field(default_factory=lambda: component("method", {}))
+    strategy: ComponentSpec = field(default_factory=lambda: component("strategy", {}))
     train: TrainConfig = field(default_factory=TrainConfig)
     federation: FederationConfig = field(default_factory=FederationConfig)
 
@@ -161,17 +161,22 @@ class ExperimentConfig:
 
 # --- building from TOML ------------------------------------------------------------------------
 
+DEFAULT_COMPONENTS = {"method": "prefix", "strategy": "fedavg"}
+
+
 def component(kind: str, raw: Any, where: str = "") -> ComponentSpec:
     from fedcustom.methods import METHODS
     from fedcustom.strategies import STRATEGIES
 
     registry = {"method": METHODS, "strategy": STRATEGIES}[kind]
     where = where or f"{kind}."
-    if not isinstance(raw, Mapping) or not isinstance(raw.get("name"), str):
-        raise ConfigError(f"[{where.rstrip('.')}] needs a 'name' ({', '.join(registry.names())})")
-    cls = registry.get(raw["name"])
+    if not isinstance(raw, Mapping):
+        raise ConfigError(f"'{where.rstrip('.')}' must be a table, got {raw!r}")
+    name = raw.get("name", DEFAULT_COMPONENTS[kind])
+    if not isinstance(name, str):
+        raise ConfigError(f"{where}name = {name!r}: expected one of {registry.names()}")
     options = {k: v for k, v in raw.items() if k != "name"}
-    return ComponentSpec(raw["name"], build(cls.Options, options, where))
+    return ComponentSpec(name, build(registry.get(name).Options, options, where))
 
 
 def build(cls: type, raw: Any, where: str = "") -> Any:

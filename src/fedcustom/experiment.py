@@ -43,6 +43,8 @@ def run_experiment(cfg: ExperimentConfig, log: Any = print) -> dict[str, ModeRes
     torch.set_num_threads(cfg.threads or os.cpu_count() or 1)
     data = load_task_data(cfg.data)
     parts = partition_indices(data.train, cfg.partition, cfg.seed)  # fails early on a bad split
+    model, tokenizer = build_classifier(cfg.model, len(data.label_names), cfg.seed)
+    # Inputs are all checked (config, data, partition, model): only now is anything written.
     run_dir = new_run_dir(cfg.output_dir, cfg.name)
     atomic_write(run_dir / "config.toml", dumps(cfg))
     table = partition_table(data.train, parts, data.label_names)
@@ -50,7 +52,6 @@ def run_experiment(cfg: ExperimentConfig, log: Any = print) -> dict[str, ModeRes
     log(f"run folder: {run_dir}\n{data.name}: {len(data.train)} train / {len(data.test)} test "
         f"examples, labels {data.label_names}\n{table}")
 
-    model, tokenizer = build_classifier(cfg.model, len(data.label_names), cfg.seed)
     method = METHODS.get(cfg.method.name)(cfg.method.options)
     method.prepare(model)
     initial = method.get_state(model)

