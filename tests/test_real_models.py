@@ -1,0 +1,45 @@
+"""End-to-end on the real packaged models (slow: select with -m slow, skip with -m 'not slow')."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+from fedcustom.config import ModelConfig, load_config
+from fedcustom.data.batching import encode, eval_batches
+from fedcustom.experiment import run_experiment
+from fedcustom.methods import METHODS
+from fedcustom.methods.prefix import PrefixOptions
+from fedcustom.models import build_classifier, resolve
+
+pytestmark = pytest.mark.slow
+
+
+def test_minilm_federated_prefix_on_rotten_tomatoes(tmp_path: Path) -> None:
+    from peft import PeftModel
+    from transformers import AutoModel
+
+    cfg = load_config(None, [f"output_dir='{tmp_path}'", "data.max_train_examples=160",
+                             "data.max_test_examples=100", "partition.num_clients=2",
+                             "federation.rounds=1", "train.batch_size=16"])
+    result = run_experiment(cfg, log=lambda *_: None)["federated"]
+    assert result.records[-1]["round"] == 1
+    assert 0.3 < result.records[-1]["test_accuracy"] <= 1.0
+    # the adapter loads on the stock backbone with plain PEFT
+    model = PeftModel.from_pretrained(AutoModel.from_pretrained(resolve("minilm")[0]),
+                                      result.path / "adapter")
+    assert model.peft_config["default"].num_virtual_tokens == 16
+
+
+def test_smollm2_loads_and_takes_a_prefix() -> None:
+    model, tokenizer = build_classifier(ModelConfig(name="smollm2", max_length=16), 2, seed=0)
+    assert model.encoder.config.num_hidden_layers == 30
+    METHODS.get("prefix")(PrefixOptions(num_virtual_tokens=4)).prepare(model)
+    data = encode(["what a film", "not for me at all"], [1, 0], tokenizer, 16)
+    batch = next(eval_batches(data, np.arange(2), 2))
+    with torch.inference_mode():
+        logits = model(batch.input_ids, batch.attention_mask)
+    assert logits.shape == (2, 2) and torch.isfinite(logits).all()
