@@ -61,7 +61,9 @@ def tiny_config(tiny_model_dir: Path, sentiment_csv: Path, tmp_path: Path):
             "federation": {"rounds": 2},
         }
         for key, value in sections.items():
-            raw[key] = {**raw.get(key, {}), **value} if isinstance(value, dict) else value
+            # a new method replaces the whole table; other sections are merged key by key
+            merge = isinstance(value, dict) and not (key == "method" and "name" in value)
+            raw[key] = {**raw[key], **value} if merge else value
         return build(ExperimentConfig, raw)
 
     return make

@@ -32,7 +32,7 @@ def test_defaults_build_and_round_trip_through_toml(tmp_path: Path) -> None:
         ({"partition": {"alpha": 0.0}}, "partition.alpha = 0.0: expected a number > 0"),
         ({"partition": {"num_clients": 0}}, "partition.num_clients = 0"),
         ({"partition": {"scheme": "zipf"}}, "partition.scheme = 'zipf': expected one of"),
-        ({"method": {"name": "nope"}}, "unknown method 'nope'; expected one of: prefix"),
+        ({"method": {"name": "nope"}}, "unknown method 'nope'; expected one of: full, lora, prefix, prompt"),
         ({"method": {"name": "prefix", "rank": 8}}, "unknown key 'method.rank'"),
         ({"strategy": {"name": "fedavg", "momentum": 1.0}}, "strategy.momentum = 1.0"),
         ({"modes": ["federated", "local"]}, "modes"),
@@ -64,7 +64,7 @@ def test_malformed_toml_and_missing_file(tmp_path: Path) -> None:
         (["--set", "federation.rounds=-1"], "federation.rounds = -1"),
         (["--set", "data.dataset=no-such-data"], "unknown dataset 'no-such-data'"),
         (["--set", "model.name=/no/such/model"], "model path not found: /no/such/model"),
-        (["--set", "method.name=lora"], "unknown method 'lora'"),
+        (["--set", "method.name=nope"], "unknown method 'nope'"),
     ],
 )
 def test_cli_bad_input_exits_2_with_one_line_and_writes_nothing(

@@ -99,10 +99,12 @@ class Classifier(nn.Module):
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        # Prompt tuning prepends virtual tokens to the hidden states: pool over the real ones only.
+        hidden = hidden[:, -attention_mask.shape[1]:]
         if self.pooling == "cls":
             pooled = hidden[:, 0]
         else:
-            mask = attention_mask[:, -hidden.shape[1]:].unsqueeze(-1).to(hidden.dtype)
+            mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
             pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)
         return self.head(pooled)
 

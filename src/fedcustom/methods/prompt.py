@@ -1,0 +1,53 @@
+"""Soft prompt tuning (Lester et al., 2021) through PEFT: trainable embeddings prepended to the input.
+
+The exchanged state is the virtual-token embedding matrix plus the task head. The encoder's
+output then has `num_virtual_tokens` extra leading positions; the classifier pools over the real
+tokens only.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Literal
+
+from peft import PromptTuningConfig, PromptTuningInit, TaskType, get_peft_model
+from torch import nn
+
+from fedcustom.config import check, opt
+from fedcustom.methods.base import METHODS, Method
+
+
+@dataclass(frozen=True)
+class PromptOptions:
+    num_virtual_tokens: int = opt(16, "soft prompt length: trainable input embeddings before the text")
+    init: Literal["random", "text"] = opt(
+        "random", "start from random vectors, or from the embeddings of init_text's tokens")
+    init_text: str = opt("", "text whose token embeddings start the prompt (init 'text'); "
+                             "repeated or cut to num_virtual_tokens")
+
+    def __post_init__(self) -> None:
+        check(self.num_virtual_tokens >= 1, "num_virtual_tokens", "an integer >= 1")
+        check(self.init != "text" or bool(self.init_text.strip()), "init_text",
+              "a non-empty text when init is 'text'")
+
+
+@METHODS.register("prompt")
+class Prompt(Method):
+    name = "prompt"
+    summary = "prompt tuning: trainable soft-prompt embeddings prepended to the input (PEFT)"
+    Options = PromptOptions
+    options: PromptOptions
+
+    def prepare(self, model: nn.Module) -> nn.Module:
+        text = self.options.init == "text"
+        peft_config = PromptTuningConfig(
+            task_type=TaskType.FEATURE_EXTRACTION,
+            num_virtual_tokens=self.options.num_virtual_tokens,
+            prompt_tuning_init=PromptTuningInit.TEXT if text else PromptTuningInit.RANDOM,
+            prompt_tuning_init_text=self.options.init_text if text else None,
+            # PEFT tokenizes init_text itself; the backbone's folder or hub id holds its tokenizer.
+            tokenizer_name_or_path=model.encoder.config.name_or_path if text else None,
+        )
+        model.encoder = get_peft_model(model.encoder, peft_config)
+        model.head.requires_grad_(True)
+        return model
