@@ -63,7 +63,7 @@ def tiny_config(tiny_model_dir: Path, sentiment_csv: Path, tmp_path: Path):
         for key, value in sections.items():
             # a new method replaces the whole table; other sections are merged key by key
             merge = isinstance(value, dict) and not (key == "method" and "name" in value)
-            raw[key] = {**raw[key], **value} if merge else value
+            raw[key] = {**raw.get(key, {}), **value} if merge else value
         return build(ExperimentConfig, raw)
 
     return make

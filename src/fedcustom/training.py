@@ -43,17 +43,22 @@ def train_local(
     cfg: TrainConfig,
     seed: int,
     progress: str | None = None,
+    prox_mu: float = 0.0,
 ) -> LocalResult:
     """Train the method's tensors of `model` in place on `rows` of `data` for cfg.local_epochs.
 
     A fresh optimizer per call: clients are stateless between rounds. `seed` fixes the batch
     order and dropout, so the same (config, seed, round, client) gives the same update.
+    Keyword arguments after `progress` are the values a strategy's client_config may send:
+    `prox_mu` > 0 adds FedProx's (mu/2)*||w - w_start||^2, w_start being the state on entry.
+    The reported loss is the method's loss alone, comparable across strategies.
     """
     start = time.perf_counter()
     rng = np.random.default_rng(seed)
     torch.manual_seed(seed)
     optimizer = make_optimizer(model, method, cfg)
     params = [p for g in optimizer.param_groups for p in g["params"]]
+    start_state = [p.detach().clone() for p in params] if prox_mu > 0 else []
     steps_per_epoch = -(-len(rows) // cfg.batch_size)
     bar = tqdm(total=steps_per_epoch * cfg.local_epochs, desc=progress, leave=False,
                disable=progress is None, unit="step")
@@ -62,8 +67,12 @@ def train_local(
     for _ in range(cfg.local_epochs):
         for batch in train_batches(data, rows, cfg.batch_size, rng):
             loss = method.loss(model, batch)
+            objective = loss
+            if start_state:
+                drift = sum(((p - p0) ** 2).sum() for p, p0 in zip(params, start_state, strict=True))
+                objective = loss + prox_mu / 2 * drift
             optimizer.zero_grad(set_to_none=True)
-            loss.backward()
+            objective.backward()
             if cfg.max_grad_norm > 0:
                 torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
             optimizer.step()

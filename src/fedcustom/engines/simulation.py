@@ -28,13 +28,14 @@ class SimulationEngine(Engine):
             start = time.perf_counter()
             sampled = sample_clients(len(job.clients), job.fraction_fit, job.seed, server_round)
             down = serialize(state)
+            client_config = job.strategy.client_config(server_round)  # e.g. FedProx's prox_mu
             results, loss_sum, examples, client_seconds, bytes_up = [], 0.0, 0, 0.0, 0
             for cid in sampled:
                 client = job.clients[cid]
                 method.set_state(model, deserialize(down))
                 local = train_local(model, method, job.data, client.rows, job.train,
                                     client_seed(job.seed, server_round, cid),
-                                    progress=f"round {server_round} client {cid}")
+                                    progress=f"round {server_round} client {cid}", **client_config)
                 up = serialize(method.get_state(model))
                 results.append((deserialize(up), len(client.rows)))
                 bytes_up += len(up)

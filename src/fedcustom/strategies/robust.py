@@ -1,0 +1,107 @@
+"""Byzantine-robust aggregation: coordinate-wise median, trimmed mean, (multi-)Krum.
+
+Each rule counts every client once, whatever its number of examples: weighting by a count the
+client reports itself would hand an attacker the weight it asks for. The arithmetic is Flower's
+(flwr.server.strategy.aggregate) on float64 numpy copies of the states; it is imported lazily
+because importing flwr.server costs a noticeable fraction of a second at CLI start-up.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from fedcustom.config import check, opt
+from fedcustom.errors import UserError
+from fedcustom.strategies.base import STRATEGIES, ClientResult, State, Strategy
+
+Arrays = list[np.ndarray]
+
+
+def to_arrays(global_state: State, results: list[ClientResult]) -> list[tuple[Arrays, int]]:
+    """Client states as Flower's (ndarrays, num_examples) pairs, every client weighted 1."""
+    if not results:
+        raise ValueError("cannot aggregate zero client results")
+    return [([state[k].detach().cpu().double().numpy() for k in global_state], 1) for state, _ in results]
+
+
+def to_state(arrays: Arrays, like: State) -> State:
+    return {k: torch.from_numpy(np.asarray(a)).to(t.dtype).to(t.device)
+            for (k, t), a in zip(like.items(), arrays, strict=True)}
+
+
+@dataclass(frozen=True)
+class MedianOptions:
+    pass
+
+
+@STRATEGIES.register("median")
+class Median(Strategy):
+    name = "median"
+    summary = "coordinate-wise median of client states (unweighted by example count)"
+    Options = MedianOptions
+
+    def aggregate(self, global_state: State, results: list[ClientResult]) -> State:
+        from flwr.server.strategy.aggregate import aggregate_median
+
+        return to_state(aggregate_median(to_arrays(global_state, results)), global_state)
+
+
+@dataclass(frozen=True)
+class TrimmedMeanOptions:
+    trim_fraction: float = opt(0.1, "share of clients cut from each end, per coordinate, before averaging "
+                                    "(rounded down: 0.1 cuts nothing below 10 clients)")
+
+    def __post_init__(self) -> None:
+        check(0 <= self.trim_fraction < 0.5, "trim_fraction", "a number in [0, 0.5)")
+
+
+@STRATEGIES.register("trimmed_mean")
+class TrimmedMean(Strategy):
+    name = "trimmed_mean"
+    summary = "coordinate-wise mean after cutting the largest and smallest values (unweighted by examples)"
+    Options = TrimmedMeanOptions
+    options: TrimmedMeanOptions
+
+    def aggregate(self, global_state: State, results: list[ClientResult]) -> State:
+        from flwr.server.strategy.aggregate import aggregate_trimmed_avg
+
+        arrays = aggregate_trimmed_avg(to_arrays(global_state, results), self.options.trim_fraction)
+        return to_state(arrays, global_state)
+
+
+@dataclass(frozen=True)
+class KrumOptions:
+    num_malicious: int = opt(1, "f: how many clients per round may be malicious (needs > 2f+2 clients)")
+    multi_krum: int = opt(1, "m: average the m best-scored client states (1: Krum)")
+
+    def __post_init__(self) -> None:
+        check(self.num_malicious >= 0, "num_malicious", "an integer >= 0")
+        check(self.multi_krum >= 1, "multi_krum", "an integer >= 1")
+
+
+@STRATEGIES.register("krum")
+class Krum(Strategy):
+    """Blanchard et al. (2017): score each state by its summed squared distance to its n-f-2
+    nearest others and keep the lowest-scored (multi-Krum: average the m lowest)."""
+
+    name = "krum"
+    summary = "(multi-)Krum: the client state(s) closest to their neighbours (unweighted by examples)"
+    Options = KrumOptions
+    options: KrumOptions
+
+    def aggregate(self, global_state: State, results: list[ClientResult]) -> State:
+        from flwr.server.strategy.aggregate import aggregate_krum
+
+        n, f, m = len(results), self.options.num_malicious, self.options.multi_krum
+        if n <= 2 * f + 2:
+            raise UserError(
+                f"krum with strategy.num_malicious = {f} needs more than {2 * f + 2} clients per round, "
+                f"got {n}: lower num_malicious or sample more clients"
+            )
+        if m > n - f:
+            raise UserError(f"strategy.multi_krum = {m}: expected at most clients per round - "
+                            f"num_malicious = {n - f}")
+        return to_state(aggregate_krum(to_arrays(global_state, results), f, m), global_state)
