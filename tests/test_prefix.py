@@ -93,3 +93,40 @@ def test_adapter_loads_with_plain_peft(tiny_model_dir: Path, tmp_path: Path,
     # PEFT's saver keeps the projected prefix only: fine for inference, not for training on.
     saved = load_file(tmp_path / "adapter" / "adapter_model.safetensors")
     assert not any("transform" in k for k in saved)
+
+
+def test_activation_init_equals_real_context_in_a_decoder(tmp_path: Path) -> None:
+    """In a causal LM, a prefix initialized from text A's keys/values must act exactly like A
+    itself placed before the input: that pins down the layout of PEFT's prefix tensor."""
+    from transformers import AutoTokenizer, LlamaConfig, LlamaModel
+
+    from fedcustom.methods.prefix import Prefix
+    from fedcustom.models import resolve
+
+    tokenizer = AutoTokenizer.from_pretrained(resolve("minilm")[0])
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, intermediate_size=64,
+                         num_hidden_layers=2, num_attention_heads=4, num_key_value_heads=4)
+    LlamaModel(config).save_pretrained(tmp_path)
+    tokenizer.save_pretrained(tmp_path)
+    context = "a public sentence"
+    n = len(tokenizer(context)["input_ids"])
+
+    model, _ = build_classifier(ModelConfig(name=str(tmp_path)), 2, seed=0)
+    Prefix(PrefixOptions(num_virtual_tokens=n, init="activations", init_text=context)).prepare(model)
+    model.eval()
+    a = tokenizer(context, return_tensors="pt")["input_ids"]
+    b = tokenizer("the input itself", return_tensors="pt")["input_ids"]
+    with torch.inference_mode():
+        with_prefix = model.encoder(input_ids=b, attention_mask=torch.ones_like(b)).last_hidden_state
+        plain = model.encoder.get_base_model()(input_ids=torch.cat([a, b], 1)).last_hidden_state
+    assert torch.allclose(with_prefix, plain[:, n:], atol=1e-5)
+
+
+def test_activation_init_rejects_projection() -> None:
+    from fedcustom.config import ExperimentConfig, build
+    from fedcustom.errors import UserError
+
+    with pytest.raises(UserError, match="method.init"):
+        build(ExperimentConfig, {"method": {"name": "prefix", "init": "activations",
+                                            "projection": True}})
