@@ -4,6 +4,7 @@ directory with the packaged MiniLM tokenizer, and a small labelled CSV."""
 from __future__ import annotations
 
 import random
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
@@ -14,6 +15,15 @@ from fedcustom.models import resolve
 
 POSITIVE = ["great", "fine", "lovely", "superb", "moving", "funny", "brilliant", "warm"]
 NEGATIVE = ["dull", "awful", "boring", "flat", "tedious", "weak", "clumsy", "bland"]
+
+
+@pytest.fixture(autouse=True)
+def one_thread() -> Iterator[None]:
+    """Tiny models run fastest on one thread; runs that set their own threads restore it here."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
 
 
 @pytest.fixture(scope="session")

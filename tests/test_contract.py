@@ -4,7 +4,6 @@ unchanged by training, identity aggregation, a 2-client x 2-round run, a loadabl
 from __future__ import annotations
 
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -23,14 +22,6 @@ from fedcustom.training import train_local
 TEXTS = ["a warm and funny film", "dull", "the plot was tedious and the acting flat", "superb"]
 LABELS = [1, 0, 0, 1]
 NAMES = METHODS.names()
-
-
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 def prepared(model_dir: Path, name: str, seed: int) -> tuple[Classifier, object, Method]:

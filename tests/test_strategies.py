@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -42,14 +41,6 @@ def make(name: str, **options: object) -> Strategy:
 
 def w(state: dict[str, torch.Tensor]) -> list[float]:
     return state["w"].tolist()
-
-
-@pytest.fixture(autouse=True)
-def one_thread() -> Iterator[None]:
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 # --- FedAdam / FedYogi / FedAdagrad -------------------------------------------------------------
