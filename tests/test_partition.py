@@ -127,9 +127,9 @@ def test_table_lists_every_client_and_the_totals() -> None:
     names = ["entertainment", "b", "c"]
     lines = partition_table(train, parts, names).splitlines()
     assert lines[0].split() == ["client", "size", "entertainmen", "b", "c"]
-    assert len(lines) == 4 + 2
+    assert len(lines) == 4 + 3  # header, rule, clients, total
     labels = np.asarray(train["label"])
-    for client, (line, part) in enumerate(zip(lines[1:5], parts, strict=True)):
+    for client, (line, part) in enumerate(zip(lines[2:6], parts, strict=True)):
         expected = [client, len(part), *np.bincount(labels[part], minlength=3)]
         assert [int(x) for x in line.split()] == expected
     assert lines[-1].split() == ["total", "300", "100", "100", "100"]

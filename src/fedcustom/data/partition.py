@@ -19,6 +19,7 @@ from flwr_datasets.partitioner import (
 
 from fedcustom.config import PartitionConfig
 from fedcustom.errors import UserError
+from fedcustom.report import table
 
 ROW = "__row__"
 ADVICE = "use fewer clients, a larger alpha or more data"
@@ -111,6 +112,4 @@ def partition_table(
     ]
     total = np.sum(counts, axis=0) if counts else np.zeros(k, dtype=np.int64)
     body.append(["total", str(sum(len(p) for p in parts)), *map(str, total)])
-    rows = [header, *body]
-    widths = [max(len(row[j]) for row in rows) for j in range(len(header))]
-    return "\n".join("  ".join(c.rjust(w) for c, w in zip(r, widths, strict=True)) for r in rows)
+    return table(header, body)
