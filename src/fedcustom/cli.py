@@ -15,6 +15,15 @@ DEMO_CONFIG = "demo.toml"
 def cmd_run(args: argparse.Namespace) -> None:
     from fedcustom.config import load_config
 
+    if args.resume is not None:
+        if args.config is not None or args.set:
+            raise UserError("--resume takes no config file or --set: a run goes on with its saved config")
+        from fedcustom.experiment import resume_experiment
+
+        resume_experiment(args.resume)
+        return
+    if args.config is None:
+        raise UserError("run needs a config file (fedcustom run CONFIG.toml) or --resume RUN_DIR")
     cfg = load_config(args.config, args.set)  # every config error surfaces before heavy work
     run_and_summarize(cfg)
 
@@ -59,7 +68,9 @@ def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="fedcustom", description="Federated customization of large models.")
     sub = p.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="run an experiment from a TOML config")
-    run.add_argument("config", help="experiment TOML file")
+    run.add_argument("config", nargs="?", help="experiment TOML file")
+    run.add_argument("--resume", metavar="RUN_DIR",
+                     help="finish an interrupted run in its folder, from its last completed round")
     demo = sub.add_parser("demo", help="federated vs centralized prefix-tuning on rotten-tomatoes")
     for cmd in (run, demo):
         cmd.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",

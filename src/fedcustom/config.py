@@ -8,6 +8,7 @@ table are that component's own options dataclass.
 
 from __future__ import annotations
 
+import math
 import typing
 from collections.abc import Mapping
 from dataclasses import MISSING, asdict, dataclass, field, fields, is_dataclass
@@ -108,10 +109,34 @@ class TrainConfig:
 class FederationConfig:
     rounds: int = opt(5, "communication rounds")
     fraction_fit: float = opt(1.0, "share of clients sampled to train each round")
+    max_norm_factor: float = opt(
+        10.0, "reject a client update whose distance from the global state exceeds this many times "
+              "the round's median distance (rounds with >= 3 valid updates; 0: off)")
 
     def __post_init__(self) -> None:
         check(self.rounds >= 1, "rounds", "an integer >= 1")
         check(0 < self.fraction_fit <= 1, "fraction_fit", "a number in (0, 1]")
+        check(self.max_norm_factor == 0 or self.max_norm_factor >= 1, "max_norm_factor",
+              "0 (off) or a number >= 1")
+
+
+AttackKind = Literal["none", "sign_flip", "scale", "label_flip", "nan", "inf", "wrong_keys", "wrong_shape"]
+
+
+@dataclass(frozen=True)
+class AttackConfig:
+    """Simulated malicious or faulty clients (federated mode only), to test strategies and checks."""
+
+    kind: AttackKind = opt(
+        "none", "what malicious clients do: sign_flip / scale their delta from the global state, "
+                "label_flip (train on label+1 mod labels), nan / inf (poisoned values), "
+                "wrong_keys / wrong_shape (malformed state)")
+    fraction: float = opt(0.2, "share of clients that are malicious (at least one), drawn once from the seed")
+    scale: float = opt(10.0, "factor on a malicious delta (kind 'scale'; negative: amplified sign flip)")
+
+    def __post_init__(self) -> None:
+        check(0 < self.fraction <= 1, "fraction", "a number in (0, 1]")
+        check(math.isfinite(self.scale), "scale", "a finite number")
 
 
 @dataclass(frozen=True)
@@ -140,6 +165,7 @@ class ExperimentConfig:
     strategy: ComponentSpec = field(default_factory=lambda: component("strategy", {}))
     train: TrainConfig = field(default_factory=TrainConfig)
     federation: FederationConfig = field(default_factory=FederationConfig)
+    attack: AttackConfig = field(default_factory=AttackConfig)
 
     def __post_init__(self) -> None:
         check(bool(self.modes) and set(self.modes) <= set(MODES), "modes",
@@ -157,6 +183,8 @@ class ExperimentConfig:
         check(method.exchange in strategy.accepts, "strategy",
               f"a strategy that accepts '{method.exchange}' payloads "
               f"('{self.strategy.name}' accepts {sorted(strategy.accepts)})")
+        check(self.attack.kind == "none" or method.exchange == "weights", "attack",
+              f"no attack: method '{self.method.name}' exchanges '{method.exchange}', attacks need 'weights'")
 
 
 # --- building from TOML ------------------------------------------------------------------------

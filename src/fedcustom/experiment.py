@@ -3,11 +3,16 @@
 `federated` runs the configured strategy over the partitioned clients. `centralized` is the
 baseline: the same method, loop and engine with ONE client holding all training data, for the
 same rounds x local epochs (its single update is taken as is, so it is plain training).
+
+Every round is checkpointed in the run folder; `resume_experiment` continues a killed run there
+(finished modes are kept, a half-finished one goes on after its last checkpoint) and gives the
+same numbers and final state as a run that was never interrupted.
 """
 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -15,17 +20,22 @@ from typing import Any
 import numpy as np
 import torch
 
-from fedcustom.config import ExperimentConfig, dumps
+from fedcustom.attacks import Attack
+from fedcustom.config import ExperimentConfig, dumps, load_config
 from fedcustom.data import load_task_data, partition_indices, partition_table
 from fedcustom.data.batching import Encoded, encode
 from fedcustom.engines import ENGINES, Client, Job
+from fedcustom.errors import UserError
 from fedcustom.evaluation import evaluate_classifier
 from fedcustom.methods import METHODS
+from fedcustom.methods.base import State
 from fedcustom.models import build_classifier
 from fedcustom.report import side_by_side
 from fedcustom.results import RunWriter, atomic_write, new_run_dir
 from fedcustom.strategies import STRATEGIES
 from fedcustom.strategies.fedavg import FedAvg, FedAvgOptions
+
+RecordHook = Callable[[str, dict[str, Any]], None]  # (mode, record), once the record is saved
 
 
 @dataclass
@@ -39,14 +49,31 @@ def encode_split(split: Any, tokenizer: Any, max_length: int) -> Encoded:
     return encode(split["text"], split["label"], tokenizer, max_length)
 
 
-def run_experiment(cfg: ExperimentConfig, log: Any = print) -> dict[str, ModeResult]:
+def run_experiment(cfg: ExperimentConfig, log: Any = print,
+                   on_record: RecordHook | None = None) -> dict[str, ModeResult]:
+    """Run every mode of `cfg` in a new run folder."""
+    return execute(cfg, None, log, on_record)
+
+
+def resume_experiment(run_dir: str | Path, log: Any = print,
+                      on_record: RecordHook | None = None) -> dict[str, ModeResult]:
+    """Finish the run in `run_dir` with the config saved there."""
+    run_dir = Path(run_dir)
+    if not (run_dir / "config.toml").is_file():
+        raise UserError(f"--resume {run_dir}: not a fedcustom run folder (expected {run_dir}/config.toml)")
+    return execute(load_config(run_dir / "config.toml"), run_dir, log, on_record)
+
+
+def execute(cfg: ExperimentConfig, resume_dir: Path | None, log: Any,
+            on_record: RecordHook | None) -> dict[str, ModeResult]:
     torch.set_num_threads(cfg.threads or os.cpu_count() or 1)
     data = load_task_data(cfg.data)
     parts = partition_indices(data.train, cfg.partition, cfg.seed)  # fails early on a bad split
     model, tokenizer = build_classifier(cfg.model, len(data.label_names), cfg.seed)
     # Inputs are all checked (config, data, partition, model): only now is anything written.
-    run_dir = new_run_dir(cfg.output_dir, cfg.name)
-    atomic_write(run_dir / "config.toml", dumps(cfg))
+    run_dir = resume_dir or new_run_dir(cfg.output_dir, cfg.name)
+    if resume_dir is None:
+        atomic_write(run_dir / "config.toml", dumps(cfg))
     table = partition_table(data.train, parts, data.label_names)
     atomic_write(run_dir / "partition.txt", table + "\n")
     log(f"run folder: {run_dir}\n{data.name}: {len(data.train)} train / {len(data.test)} test "
@@ -54,7 +81,7 @@ def run_experiment(cfg: ExperimentConfig, log: Any = print) -> dict[str, ModeRes
 
     method = METHODS.get(cfg.method.name)(cfg.method.options)
     method.prepare(model)
-    initial = method.get_state(model)
+    initial = method.get_state(model)  # every mode starts from this initialization
     n_params = sum(v.numel() for v in initial.values())
     log(f"method {method.name}: {n_params:,} trainable parameters")
 
@@ -71,22 +98,37 @@ def run_experiment(cfg: ExperimentConfig, log: Any = print) -> dict[str, ModeRes
         return out
 
     engine = ENGINES.get(cfg.engine)()
-    results = {}
-    for mode in cfg.modes:
-        method.set_state(model, initial)  # every mode starts from the same initialization
+
+    def run_mode(mode: str) -> ModeResult:
         if mode == "federated":
             clients = [Client(i, rows) for i, rows in enumerate(parts)]
             strategy = STRATEGIES.get(cfg.strategy.name)(cfg.strategy.options)
             fraction = cfg.federation.fraction_fit
+            attack = Attack.from_config(cfg.attack, len(clients), len(data.label_names), cfg.seed)
         else:
             clients = [Client(0, np.arange(len(train)))]
-            strategy, fraction = FedAvg(FedAvgOptions()), 1.0
+            strategy, fraction, attack = FedAvg(FedAvgOptions()), 1.0, Attack.none()
         writer = RunWriter(run_dir / mode)
+        start, state = 0, initial
+        ckpt = writer.load_checkpoint()
+        if ckpt is not None:
+            start, state = ckpt.round, ckpt.state
+            strategy.load_state_dict(ckpt.strategy_state)
+            log(f"{mode}: resuming after round {start} of {cfg.federation.rounds}")
+
+        def on_round(record: dict[str, Any], new_state: State) -> None:
+            writer.add_round(record, new_state, strategy.state_dict())
+            if on_record is not None:
+                on_record(mode, record)
+
         job = Job(model, method, strategy, clients, train, cfg.train, cfg.federation.rounds,
-                  fraction, cfg.seed, evaluate, writer.add_record, label=mode)
+                  fraction, cfg.seed, evaluate, on_round, label=mode, start_round=start,
+                  initial_state=state, max_norm_factor=cfg.federation.max_norm_factor, attack=attack)
         final = engine.run(job)
         writer.save_final(method, model, final)
-        results[mode] = ModeResult(mode, writer.path, writer.records)
+        return ModeResult(mode, writer.path, writer.records)
+
+    results = {mode: run_mode(mode) for mode in cfg.modes}
     summary = side_by_side({m: r.records for m, r in results.items()})
     atomic_write(run_dir / "summary.txt", summary + "\n")
     log(f"\n{summary}\n\nresults: {run_dir}")

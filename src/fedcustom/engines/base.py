@@ -9,12 +9,13 @@ from __future__ import annotations
 import resource
 from abc import ABC, abstractmethod
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
 from torch import nn
 
+from fedcustom.attacks import Attack
 from fedcustom.config import TrainConfig
 from fedcustom.data.batching import Encoded
 from fedcustom.methods.base import Method, State
@@ -30,7 +31,13 @@ class Client:
 
 @dataclass
 class Job:
-    """One federated (or centralized: a single client) run, fully prepared."""
+    """One federated (or centralized: a single client) run, fully prepared.
+
+    A job may start part-way (a resumed run): rounds start_round+1 .. rounds run from
+    initial_state, the global state after start_round, with the strategy's own state already
+    loaded. Client sampling and client seeds depend only on (seed, round, client), so the result
+    is the same as running every round in one go.
+    """
 
     model: nn.Module  # the one shared base model, already prepared by the method
     method: Method
@@ -42,8 +49,13 @@ class Job:
     fraction_fit: float
     seed: int
     evaluate: Callable[[nn.Module], dict[str, float]]
-    on_round: Callable[[dict[str, Any]], None]
+    # after each round (round 0: the initial evaluation): its record and the new global state
+    on_round: Callable[[dict[str, Any], State], None]
     label: str = "run"
+    start_round: int = 0
+    initial_state: State | None = None  # None: the model's current state
+    max_norm_factor: float = 10.0  # see validation.screen_updates
+    attack: Attack = field(default_factory=Attack.none)
 
 
 def sample_clients(num_clients: int, fraction: float, seed: int, server_round: int) -> list[int]:
@@ -64,7 +76,7 @@ def peak_rss_mb() -> float:
 class Engine(ABC):
     @abstractmethod
     def run(self, job: Job) -> State:
-        """Run every round of `job`, calling job.on_round after each; return the final state."""
+        """Run the rounds of `job`, calling job.on_round after each; return the final state."""
 
 
 ENGINES: Registry[type[Engine]] = Registry("engine")

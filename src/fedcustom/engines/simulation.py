@@ -2,47 +2,66 @@
 
 Each sampled client loads the global state into the shared model, trains with the shared loop and
 hands back its state. Payloads go through the real wire format both ways, so the byte counts are
-the serialized sizes and nothing but the method's tensors crosses the engine boundary.
+the serialized sizes and nothing but the method's tensors crosses the engine boundary. Every
+update is screened (validation.py) before the strategy sees it.
 """
 
 from __future__ import annotations
 
 import time
+from functools import partial
+from typing import Any
 
+import numpy as np
 from tqdm.auto import tqdm
 
+from fedcustom.data.batching import Encoded
 from fedcustom.engines.base import ENGINES, Engine, Job, client_seed, peak_rss_mb, sample_clients
 from fedcustom.methods.base import State
 from fedcustom.payload import deserialize, serialize
-from fedcustom.training import train_local
+from fedcustom.training import LocalResult, train_local
+from fedcustom.validation import screen_updates
+
+
+def fit(job: Job, down: bytes, rows: np.ndarray, seed: int, progress: str,
+        client_config: dict[str, Any], data: Encoded) -> tuple[State, LocalResult]:
+    """One client's local training from the downloaded global state."""
+    job.method.set_state(job.model, deserialize(down))
+    local = train_local(job.model, job.method, data, rows, job.train, seed, progress=progress,
+                        **client_config)
+    return job.method.get_state(job.model), local
 
 
 @ENGINES.register("simulation")
 class SimulationEngine(Engine):
     def run(self, job: Job) -> State:
         method, model = job.method, job.model
-        state = method.get_state(model)
-        job.on_round({"round": 0, **job.evaluate(model)})
-        rounds = tqdm(range(1, job.rounds + 1), desc=job.label, unit="round")
+        state = method.get_state(model) if job.initial_state is None else job.initial_state
+        method.set_state(model, state)
+        if job.start_round == 0:
+            job.on_round({"round": 0, **job.evaluate(model), **job.attack.describe()}, state)
+        rounds = tqdm(range(job.start_round + 1, job.rounds + 1), desc=job.label, unit="round",
+                      initial=job.start_round, total=job.rounds)
         for server_round in rounds:
             start = time.perf_counter()
             sampled = sample_clients(len(job.clients), job.fraction_fit, job.seed, server_round)
             down = serialize(state)
             client_config = job.strategy.client_config(server_round)  # e.g. FedProx's prox_mu
-            results, loss_sum, examples, client_seconds, bytes_up = [], 0.0, 0, 0.0, 0
+            updates, loss_sum, examples, client_seconds, bytes_up = [], 0.0, 0, 0.0, 0
             for cid in sampled:
-                client = job.clients[cid]
-                method.set_state(model, deserialize(down))
-                local = train_local(model, method, job.data, client.rows, job.train,
-                                    client_seed(job.seed, server_round, cid),
-                                    progress=f"round {server_round} client {cid}", **client_config)
-                up = serialize(method.get_state(model))
-                results.append((deserialize(up), len(client.rows)))
+                rows = job.clients[cid].rows
+                train = partial(fit, job, down, rows, client_seed(job.seed, server_round, cid),
+                                f"round {server_round} client {cid}", client_config)
+                update, local = job.attack.client_update(cid, state, job.data, train)
+                up = serialize(update)
+                updates.append((cid, deserialize(up), len(rows)))
                 bytes_up += len(up)
                 client_seconds += local.seconds
-                loss_sum += local.loss * len(client.rows)
-                examples += len(client.rows)
-            state = job.strategy.aggregate(state, results)
+                loss_sum += local.loss * len(rows)
+                examples += len(rows)
+            accepted, rejected = screen_updates(state, updates, job.max_norm_factor)
+            if accepted:  # otherwise the global state (and the strategy's own state) stays as it was
+                state = job.strategy.aggregate(state, accepted)
             method.set_state(model, state)
             metrics = job.evaluate(model)
             record = {
@@ -50,6 +69,8 @@ class SimulationEngine(Engine):
                 **metrics,
                 "train_loss": loss_sum / examples,
                 "clients": len(sampled),
+                "accepted": len(accepted),
+                "rejected": rejected,
                 "bytes_down": len(down) * len(sampled),
                 "bytes_up": bytes_up,
                 "client_seconds": client_seconds,
@@ -57,5 +78,5 @@ class SimulationEngine(Engine):
                 "peak_rss_mb": peak_rss_mb(),
             }
             rounds.set_postfix({k: round(v, 4) for k, v in metrics.items() if "accuracy" in k})
-            job.on_round(record)
+            job.on_round(record, state)
         return state

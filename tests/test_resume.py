@@ -1,0 +1,119 @@
+"""A run interrupted after any round and resumed gives what an uninterrupted run gives."""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from fedcustom.cli import main
+from fedcustom.config import dumps
+from fedcustom.experiment import resume_experiment, run_experiment
+from fedcustom.results import CHECKPOINT, load_checkpoint, read_records
+
+TIMING = ("client_seconds", "round_seconds", "peak_rss_mb")
+QUIET = {"log": lambda *_: None}
+
+
+def outcome(run_dir: Path, mode: str) -> tuple[list[dict[str, Any]], dict[str, torch.Tensor]]:
+    """A mode's records without timings, and its final state."""
+    records = [{k: v for k, v in r.items() if k not in TIMING} for r in read_records(run_dir / mode)]
+    return records, load_file(run_dir / mode / "state.safetensors")
+
+
+def assert_same(a: Path, b: Path, modes: list[str]) -> None:
+    for mode in modes:
+        (records_a, state_a), (records_b, state_b) = outcome(a, mode), outcome(b, mode)
+        assert records_a == records_b
+        assert state_a.keys() == state_b.keys()
+        assert all(torch.equal(state_a[k], state_b[k]) for k in state_a)  # bit-identical
+
+
+def config(tiny_config, rounds: int = 3, **extra: Any):
+    # server momentum and a label-flipping client: state beyond the global weights must survive
+    return tiny_config(partition={"num_clients": 4}, strategy={"name": "fedavg", "momentum": 0.5},
+                       attack={"kind": "label_flip", "fraction": 0.25},
+                       federation={"rounds": rounds, "fraction_fit": 0.75}, **extra)
+
+
+class Stop(KeyboardInterrupt):
+    pass
+
+
+@pytest.mark.parametrize("stop_at", [("federated", 2), ("centralized", 1)])
+def test_interrupted_run_resumes_to_the_same_result(tiny_config, stop_at: tuple[str, int]) -> None:
+    cfg = config(tiny_config, name="stopped")
+    reference = run_experiment(dataclasses.replace(cfg, name="reference"), **QUIET)["federated"].path.parent
+
+    def interrupt(mode: str, record: dict[str, Any]) -> None:
+        if (mode, record["round"]) == stop_at:
+            raise Stop
+
+    with pytest.raises(Stop):
+        run_experiment(cfg, on_record=interrupt, **QUIET)
+    [run_dir] = Path(cfg.output_dir).glob("stopped-*")
+    ckpt = load_checkpoint(run_dir / stop_at[0] / CHECKPOINT)
+    assert ckpt is not None and ckpt.round == stop_at[1]
+    assert not (run_dir / stop_at[0] / "state.safetensors").exists()
+
+    seen: list[tuple[str, int]] = []
+    resume_experiment(run_dir, on_record=lambda mode, r: seen.append((mode, r["round"])), **QUIET)
+    # finished modes are kept, the stopped one goes on after its checkpoint, the rest run whole
+    expected = {("federated", 2): [("federated", 3)] + [("centralized", n) for n in range(4)],
+                ("centralized", 1): [("centralized", 2), ("centralized", 3)]}[stop_at]
+    assert seen == expected
+    assert_same(run_dir, reference, ["federated", "centralized"])
+    assert (run_dir / "summary.txt").read_text() != ""
+
+
+def test_sigkilled_cli_run_resumes_to_the_same_result(tiny_config, tmp_path: Path) -> None:
+    cfg = config(tiny_config, rounds=8, modes=["federated"], name="killed")
+    path = tmp_path / "killed.toml"
+    path.write_text(dumps(cfg))
+    proc = subprocess.Popen([sys.executable, "-m", "fedcustom.cli", "run", str(path)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        run_dir = wait_for_round(Path(cfg.output_dir), "killed-", 1, proc)
+        os.kill(proc.pid, signal.SIGKILL)
+    finally:
+        proc.kill()
+        proc.wait()
+    ckpt = load_checkpoint(run_dir / "federated" / CHECKPOINT)
+    assert ckpt is not None and 1 <= ckpt.round < 8, "the run was not killed mid-way"
+
+    assert main(["run", "--resume", str(run_dir)]) == 0
+    reference = run_experiment(dataclasses.replace(cfg, name="reference"), **QUIET)["federated"].path.parent
+    assert_same(run_dir, reference, ["federated"])
+
+
+def wait_for_round(output_dir: Path, prefix: str, server_round: int, proc: subprocess.Popen) -> Path:
+    """The run folder, once its federated rounds.jsonl records `server_round`."""
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        assert proc.poll() is None, "the run ended before it could be killed"
+        for run_dir in output_dir.glob(f"{prefix}*"):
+            records = run_dir / "federated" / "rounds.jsonl"
+            if records.is_file() and f'"round": {server_round},' in records.read_text():
+                return run_dir
+        time.sleep(0.002)
+    raise AssertionError("no round recorded in time")
+
+
+def test_resume_of_a_folder_that_is_no_run_is_a_one_line_error(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    assert main(["run", "--resume", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert err.count("\n") == 1 and "not a fedcustom run folder" in err
+    assert main(["run", "cfg.toml", "--resume", str(tmp_path)]) == 2
+    assert "--resume takes no config file" in capsys.readouterr().err
+    assert main(["run"]) == 2
