@@ -127,7 +127,7 @@ def five_clients(tiny_config, **sections):
 @pytest.mark.parametrize(
     ("kind", "reason"),
     [("nan", "non-finite"), ("inf", "non-finite"), ("wrong_keys", "keys differ"),
-     ("wrong_shape", "has shape"), ("scale", "delta norm")],
+     ("wrong_shape", "has shape"), ("scale", "delta norm"), ("crash", "client failed")],
 )
 def test_bad_updates_are_rejected_and_the_round_goes_on(tiny_config, kind: str, reason: str) -> None:
     cfg = five_clients(tiny_config, attack={"kind": kind, "fraction": 0.2, "scale": 1000.0})
@@ -150,6 +150,13 @@ def test_a_round_with_every_update_rejected_keeps_the_global_state(tiny_config) 
     assert [r["accepted"] for r in records[1:]] == [0, 0]
     assert all(len(r["rejected"]) == 5 for r in records[1:])
     assert {r["test_loss"] for r in records} == {records[0]["test_loss"]}
+
+
+def test_a_round_where_every_client_crashes_is_an_error_not_a_silent_skip(tiny_config) -> None:
+    from fedcustom.attacks import ClientCrash
+
+    with pytest.raises(ClientCrash, match="simulated crash"):
+        run_experiment(five_clients(tiny_config, attack={"kind": "crash", "fraction": 1.0}), **QUIET)
 
 
 def test_honest_runs_record_no_rejections(tiny_config) -> None:

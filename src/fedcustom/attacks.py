@@ -2,7 +2,7 @@
 
 Which clients are malicious is drawn once per run from the seed, so every round (and a resumed
 run) sees the same ones. A malicious client either trains on corrupted data (label_flip) or
-tampers with the state it sends back (everything else). Honest clients are untouched.
+tampers with the state it sends back, or crashes mid-round (crash). Honest clients are untouched.
 """
 
 from __future__ import annotations
@@ -20,6 +20,10 @@ from fedcustom.methods.base import State
 
 R = TypeVar("R")
 ATTACK_STREAM = 2**31 - 1  # keeps the malicious draw apart from the per-round client sampling
+
+
+class ClientCrash(RuntimeError):
+    """A simulated client failure (attack kind 'crash')."""
 
 
 def choose_malicious(num_clients: int, fraction: float, seed: int) -> list[int]:
@@ -87,6 +91,8 @@ class Attack:
         self, cid: int, global_state: State, data: Encoded, fit: Callable[[Encoded], tuple[State, R]]
     ) -> tuple[State, R]:
         """Run `fit` (local training on the given data -> (state, stats)) as client `cid` would."""
+        if self.kind == "crash" and cid in self.malicious:
+            raise ClientCrash(f"simulated crash of client {cid}")
         state, stats = fit(self.training_data(cid, data))
         if cid in self.malicious and self.kind != "label_flip":
             state = tamper(self.kind, self.scale, global_state, state)

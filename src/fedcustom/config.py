@@ -120,7 +120,8 @@ class FederationConfig:
               "0 (off) or a number >= 1")
 
 
-AttackKind = Literal["none", "sign_flip", "scale", "label_flip", "nan", "inf", "wrong_keys", "wrong_shape"]
+AttackKind = Literal["none", "sign_flip", "scale", "label_flip", "nan", "inf", "wrong_keys", "wrong_shape",
+                     "crash"]
 
 
 @dataclass(frozen=True)
@@ -130,7 +131,7 @@ class AttackConfig:
     kind: AttackKind = opt(
         "none", "what malicious clients do: sign_flip / scale their delta from the global state, "
                 "label_flip (train on label+1 mod labels), nan / inf (poisoned values), "
-                "wrong_keys / wrong_shape (malformed state)")
+                "wrong_keys / wrong_shape (malformed state), crash (the client fails mid-round)")
     fraction: float = opt(0.2, "share of clients that are malicious (at least one), drawn once from the seed")
     scale: float = opt(10.0, "factor on a malicious delta (kind 'scale'; negative: amplified sign flip)")
 

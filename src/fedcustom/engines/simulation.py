@@ -48,18 +48,27 @@ class SimulationEngine(Engine):
             down = serialize(state)
             client_config = job.strategy.client_config(server_round)  # e.g. FedProx's prox_mu
             updates, loss_sum, examples, client_seconds, bytes_up = [], 0.0, 0, 0.0, 0
+            crashed: list[tuple[int, Exception]] = []
             for cid in sampled:
                 rows = job.clients[cid].rows
                 train = partial(fit, job, down, rows, client_seed(job.seed, server_round, cid),
                                 f"round {server_round} client {cid}", client_config)
-                update, local = job.attack.client_update(cid, state, job.data, train)
+                try:
+                    update, local = job.attack.client_update(cid, state, job.data, train)
+                except Exception as e:  # noqa: BLE001 - a failing client must not end the round
+                    crashed.append((cid, e))
+                    continue
                 up = serialize(update)
                 updates.append((cid, deserialize(up), len(rows)))
                 bytes_up += len(up)
                 client_seconds += local.seconds
                 loss_sum += local.loss * len(rows)
                 examples += len(rows)
+            if not updates:  # nobody could train: a systematic error, not a client fault
+                raise crashed[0][1]
             accepted, rejected = screen_updates(state, updates, job.max_norm_factor)
+            rejected = sorted(rejected + [{"client": cid, "reason": f"client failed: {e!r}"}
+                                          for cid, e in crashed], key=lambda r: r["client"])
             if accepted:  # otherwise the global state (and the strategy's own state) stays as it was
                 state = job.strategy.aggregate(state, accepted)
             method.set_state(model, state)
