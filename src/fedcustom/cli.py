@@ -1,4 +1,4 @@
-"""`fedcustom` command line: run, demo, datasets, methods."""
+"""`fedcustom` command line: run, demo, report, datasets, methods."""
 
 from __future__ import annotations
 
@@ -42,6 +42,12 @@ def run_and_summarize(cfg: object) -> None:
     run_experiment(cfg)  # type: ignore[arg-type]
 
 
+def cmd_report(args: argparse.Namespace) -> None:
+    from fedcustom.report import write_report
+
+    print(f"report: {write_report(args.run_dirs, args.out)}")
+
+
 def cmd_datasets(args: argparse.Namespace) -> None:
     from fedcustom.data import list_datasets
 
@@ -77,6 +83,12 @@ def parser() -> argparse.ArgumentParser:
                          help="override a config value, e.g. --set federation.rounds=3")
     run.set_defaults(func=cmd_run)
     demo.set_defaults(func=cmd_demo)
+    report = sub.add_parser("report", help="report.md and figures from one or more run folders")
+    report.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="run folder(s) written by `run`")
+    report.add_argument("--out", metavar="DIR",
+                        help="folder for report.md and the PNGs (default: the run folder, or ./report "
+                             "for several)")
+    report.set_defaults(func=cmd_report)
     sub.add_parser("datasets", help="list built-in datasets").set_defaults(func=cmd_datasets)
     sub.add_parser("methods", help="list methods, strategies and their options").set_defaults(
         func=cmd_methods)

@@ -1,0 +1,145 @@
+"""PNG figures of per-round records: accuracy, the accuracy-communication frontier, train loss.
+
+Figures are built with matplotlib's object API (Figure + Agg canvas, never pyplot), so nothing
+needs a screen and no global plotting state is touched. Each function returns PNG bytes; the
+caller writes them atomically. Every curve gets its own colour; the mode sets the line style
+(federated solid with circles, centralized dashed with squares), so a figure still reads in
+grayscale.
+"""
+
+from __future__ import annotations
+
+import io
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import matplotlib
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
+from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator
+
+DPI = 150
+SIZE = (6.4, 4.2)  # inches: a one-column figure that still reads when scaled into a paper
+STYLE = {
+    "font.size": 9, "axes.titlesize": 10, "axes.labelsize": 9, "legend.fontsize": 8,
+    "xtick.labelsize": 8, "ytick.labelsize": 8, "axes.spines.top": False,
+    "axes.spines.right": False, "lines.linewidth": 1.6, "lines.markersize": 4.5,
+}
+MODE_STYLE = {"federated": {"linestyle": "-", "marker": "o"},
+              "centralized": {"linestyle": "--", "marker": "s"}}
+BYTE_UNITS = ((1e9, "GB"), (1e6, "MB"), (1e3, "KB"), (1.0, "bytes"))
+
+
+@dataclass
+class Curve:
+    label: str
+    mode: str
+    records: list[dict[str, Any]]
+
+
+def points(records: list[dict[str, Any]], y: str,
+           x: Callable[[dict[str, Any]], float] = lambda r: r["round"]) -> tuple[list[float], list[float]]:
+    """(x, y) of the records that carry `y` (round 0 has no train loss, for example)."""
+    rows = [r for r in records if isinstance(r.get(y), int | float)]
+    return [x(r) for r in rows], [r[y] for r in rows]
+
+
+def render(title: str, xlabel: str, ylabel: str, curves: list[Curve],
+           draw: Callable[[Axes, Curve, dict[str, Any]], None],
+           setup: Callable[[Axes], None] | None = None) -> bytes:
+    with matplotlib.rc_context(STYLE):
+        fig = Figure(figsize=SIZE, dpi=DPI)
+        ax = fig.add_subplot()
+        colours = matplotlib.colormaps["tab10"].colors
+        for i, curve in enumerate(curves):
+            style = {"color": colours[i % len(colours)], "label": curve.label,
+                     **MODE_STYLE.get(curve.mode, {"linestyle": ":", "marker": "^"})}
+            draw(ax, curve, style)
+        ax.set_title(title)
+        ax.set_xlabel(xlabel)
+        ax.set_ylabel(ylabel)
+        ax.grid(True, which="major", alpha=0.35, linewidth=0.6)
+        if setup is not None:
+            setup(ax)
+        ax.legend(loc="best", frameon=False)
+        fig.tight_layout()
+        buf = io.BytesIO()
+        fig.savefig(buf, format="png", dpi=DPI)
+    return buf.getvalue()
+
+
+def integer_rounds(ax: Axes) -> None:
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+
+
+def accuracy_png(curves: list[Curve]) -> bytes:
+    """Test accuracy (%) per round, round 0 (the untrained start) included."""
+
+    def draw(ax: Axes, curve: Curve, style: dict[str, Any]) -> None:
+        x, y = points(curve.records, "test_accuracy")
+        ax.plot(x, [100 * v for v in y], **style)
+
+    return render("Test accuracy per round", "round (centralized: epoch)", "test accuracy (%)",
+                  curves, draw, integer_rounds)
+
+
+def accuracy_vs_bytes_png(curves: list[Curve]) -> bytes:
+    """Test accuracy against cumulative bytes sent (down + up), log x: the accuracy-communication
+    frontier. Round 0 has sent nothing, so it has no place on a log axis and is left out. The
+    centralized baseline exchanges nothing over a network (its one "client" is the server), so
+    its final accuracy is drawn as a horizontal reference line instead of a curve."""
+    totals = {id(c): cumulative_bytes(c.records) for c in curves if c.mode != "centralized"}
+    top = max((b for t in totals.values() for b in t.values()), default=1.0)
+    scale, unit = next((s, u) for s, u in BYTE_UNITS if top >= s or s == 1.0)
+
+    def draw(ax: Axes, curve: Curve, style: dict[str, Any]) -> None:
+        if curve.mode == "centralized":  # it sends no state over a network: a reference level
+            final = [r["test_accuracy"] for r in curve.records if "test_accuracy" in r][-1:]
+            for accuracy in final:
+                ax.axhline(100 * accuracy, color=style["color"], linestyle=style["linestyle"],
+                           linewidth=1.2, label=f"{curve.label}, final")
+            return
+        sent = totals[id(curve)]
+        x, y = points([r for r in curve.records if sent.get(r["round"], 0) > 0], "test_accuracy",
+                      lambda r: sent[r["round"]] / scale)
+        ax.plot(x, [100 * v for v in y], **style)
+
+    def setup(ax: Axes) -> None:
+        ax.set_xscale("log")
+        # ticks at 1-2-5 steps, labelled as plain numbers: "2", "5", "10" read better than 10^0.3
+        ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+        ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
+        ax.xaxis.set_minor_formatter(FuncFormatter(lambda v, _: ""))
+
+    return render("Accuracy vs communication", f"cumulative {unit} sent, down + up (log scale)",
+                  "test accuracy (%)", curves, draw, setup)
+
+
+def loss_png(curves: list[Curve]) -> bytes:
+    """Train loss per round: each client's mean over its local steps, weighted by its examples
+    (round 0 trains nothing and has none)."""
+
+    def draw(ax: Axes, curve: Curve, style: dict[str, Any]) -> None:
+        ax.plot(*points(curve.records, "train_loss"), **style)
+
+    return render("Train loss per round", "round (centralized: epoch)", "train loss (mean over local steps)",
+                  curves, draw, integer_rounds)
+
+
+def cumulative_bytes(records: list[dict[str, Any]]) -> dict[int, float]:
+    """Round -> bytes sent down + up in that round and all before it."""
+    total, out = 0.0, {}
+    for r in sorted(records, key=lambda r: r["round"]):
+        total += r.get("bytes_down", 0) + r.get("bytes_up", 0)
+        out[r["round"]] = total
+    return out
+
+
+FIGURES: dict[str, tuple[str, Callable[[list[Curve]], bytes]]] = {
+    "accuracy.png": ("Test accuracy per round (round 0: the untrained start)", accuracy_png),
+    "accuracy_vs_bytes.png": ("Test accuracy against cumulative bytes sent, down + up (log scale): "
+                              "the accuracy-communication frontier (rounds 1 on; horizontal line: "
+                              "the centralized baseline's final accuracy)", accuracy_vs_bytes_png),
+    "loss.png": ("Train loss per round", loss_png),
+}
