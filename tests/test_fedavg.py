@@ -49,3 +49,4 @@ def test_server_lr_and_momentum() -> None:
 def test_no_results_is_an_error() -> None:
     with pytest.raises(ValueError, match="zero client results"):
         weighted_mean([])
+

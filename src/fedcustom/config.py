@@ -89,6 +89,8 @@ class PartitionConfig:
 class TrainConfig:
     lr: float = opt(1e-2, "learning rate of the method's trainable tensors (AdamW)")
     head_lr: float = opt(0.0, "learning rate of the task head (0: same as lr)")
+    lr_schedule: Literal["constant", "cosine"] = opt(
+        "constant", "learning rates over rounds (epochs, centralized): constant, or cosine decay")
     batch_size: int = opt(16, "examples per local training step")
     local_epochs: int = opt(1, "passes over its data a client makes per round")
     weight_decay: float = opt(0.0, "AdamW weight decay")

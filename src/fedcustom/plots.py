@@ -10,6 +10,7 @@ grayscale.
 from __future__ import annotations
 
 import io
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -105,12 +106,18 @@ def accuracy_vs_bytes_png(curves: list[Curve]) -> bytes:
                       lambda r: sent[r["round"]] / scale)
         ax.plot(x, [100 * v for v in y], **style)
 
+    sent = [b / scale for t in totals.values() for b in t.values() if b > 0]
+    decades = math.log10(max(sent) / min(sent)) if sent else 0.0
+
     def setup(ax: Axes) -> None:
         ax.set_xscale("log")
-        # ticks at 1-2-5 steps, labelled as plain numbers: "2", "5", "10" read better than 10^0.3
-        ax.xaxis.set_major_locator(LogLocator(base=10, subs=(1.0, 2.0, 5.0)))
+        # enough ticks to read a short range, labelled as plain numbers ("20", not 2x10^1)
+        subs = (1.0,) if decades >= 2 else (1.0, 2.0, 5.0) if decades >= 1 else tuple(range(1, 10))
+        ax.xaxis.set_major_locator(LogLocator(base=10, subs=subs))
         ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
         ax.xaxis.set_minor_formatter(FuncFormatter(lambda v, _: ""))
+        low, high = ax.get_ylim()  # headroom: a reference line at the top stays clear of the edge
+        ax.set_ylim(low, high + 0.05 * (high - low))
 
     return render("Accuracy vs communication", f"cumulative {unit} sent, down + up (log scale)",
                   "test accuracy (%)", curves, draw, setup)

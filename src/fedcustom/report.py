@@ -42,8 +42,8 @@ def table(header: list[str], rows: list[list[str]], markdown: bool = False) -> s
                   for x, w, rj in zip(r, widths, right, strict=False)]
         return "| " + " | ".join(padded) + " |"
 
-    rule = "|" + "|".join(f" {'-' * w}:" if rj else f":{'-' * w} " for w, rj in zip(widths, right, strict=False))
-    return "\n".join([cells(header), rule + "|", *map(cells, rows)])
+    rule = [f" {'-' * w}:" if rj else f":{'-' * w} " for w, rj in zip(widths, right, strict=False)]
+    return "\n".join([cells(header), "|" + "|".join(rule) + "|", *map(cells, rows)])
 
 
 def side_by_side(results: dict[str, list[dict[str, Any]]], metric: str = "test_accuracy") -> str:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import time
 from dataclasses import dataclass
 
@@ -23,14 +24,23 @@ class LocalResult:
     seconds: float
 
 
-def make_optimizer(model: nn.Module, method: Method, cfg: TrainConfig) -> torch.optim.Optimizer:
+def lr_scale(cfg: TrainConfig, server_round: int, rounds: int) -> float:
+    """Learning-rate multiplier for round `server_round` of `rounds` (1-based). Centralized runs
+    have one round per epoch, so both modes follow the same schedule over the same epochs."""
+    if cfg.lr_schedule == "cosine":
+        return 0.5 * (1 + math.cos(math.pi * (server_round - 1) / rounds))
+    return 1.0
+
+
+def make_optimizer(model: nn.Module, method: Method, cfg: TrainConfig,
+                   scale: float = 1.0) -> torch.optim.Optimizer:
     """AdamW over the method's tensors; the task head may get its own learning rate."""
     head = getattr(model, "head", None)
     head_ids = {id(p) for p in head.parameters()} if head is not None else set()
     params = list(method.trainable(model).values())
     groups = [
-        {"params": [p for p in params if id(p) not in head_ids], "lr": cfg.lr},
-        {"params": [p for p in params if id(p) in head_ids], "lr": cfg.head_lr or cfg.lr},
+        {"params": [p for p in params if id(p) not in head_ids], "lr": scale * cfg.lr},
+        {"params": [p for p in params if id(p) in head_ids], "lr": scale * (cfg.head_lr or cfg.lr)},
     ]
     return torch.optim.AdamW([g for g in groups if g["params"]], weight_decay=cfg.weight_decay)
 
@@ -44,19 +54,21 @@ def train_local(
     seed: int,
     progress: str | None = None,
     prox_mu: float = 0.0,
+    lr_scale: float = 1.0,
 ) -> LocalResult:
     """Train the method's tensors of `model` in place on `rows` of `data` for cfg.local_epochs.
 
     A fresh optimizer per call: clients are stateless between rounds. `seed` fixes the batch
     order and dropout, so the same (config, seed, round, client) gives the same update.
-    Keyword arguments after `progress` are the values a strategy's client_config may send:
-    `prox_mu` > 0 adds FedProx's (mu/2)*||w - w_start||^2, w_start being the state on entry.
+    Keyword arguments after `progress` come from the engine each round: `lr_scale` multiplies the
+    learning rates (the round's schedule), and `prox_mu` > 0 (FedProx's client_config) adds
+    (mu/2)*||w - w_start||^2, w_start being the state on entry.
     The reported loss is the method's loss alone, comparable across strategies.
     """
     start = time.perf_counter()
     rng = np.random.default_rng(seed)
     torch.manual_seed(seed)
-    optimizer = make_optimizer(model, method, cfg)
+    optimizer = make_optimizer(model, method, cfg, lr_scale)
     params = [p for g in optimizer.param_groups for p in g["params"]]
     start_state = [p.detach().clone() for p in params] if prox_mu > 0 else []
     steps_per_epoch = -(-len(rows) // cfg.batch_size)

@@ -19,7 +19,7 @@ from fedcustom.data.batching import Encoded
 from fedcustom.engines.base import ENGINES, Engine, Job, client_seed, peak_rss_mb, sample_clients
 from fedcustom.methods.base import State
 from fedcustom.payload import deserialize, serialize
-from fedcustom.training import LocalResult, train_local
+from fedcustom.training import LocalResult, lr_scale, train_local
 from fedcustom.validation import screen_updates
 
 
@@ -46,7 +46,8 @@ class SimulationEngine(Engine):
             start = time.perf_counter()
             sampled = sample_clients(len(job.clients), job.fraction_fit, job.seed, server_round)
             down = serialize(state)
-            client_config = job.strategy.client_config(server_round)  # e.g. FedProx's prox_mu
+            client_config = {**job.strategy.client_config(server_round),  # e.g. FedProx's prox_mu
+                             "lr_scale": lr_scale(job.train, server_round, job.rounds)}
             updates, loss_sum, examples, client_seconds, bytes_up = [], 0.0, 0, 0.0, 0
             crashed: list[tuple[int, Exception]] = []
             for cid in sampled:
