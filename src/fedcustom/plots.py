@@ -29,6 +29,7 @@ STYLE = {
 }
 MODE_STYLE = {"federated": {"linestyle": "-", "marker": "o"},
               "centralized": {"linestyle": "--", "marker": "s"}}
+LEGEND_INSIDE = 3  # curves whose legend fits inside the axes
 BYTE_UNITS = ((1e9, "GB"), (1e6, "MB"), (1e3, "KB"), (1.0, "bytes"))
 
 
@@ -49,8 +50,13 @@ def points(records: list[dict[str, Any]], y: str,
 def render(title: str, xlabel: str, ylabel: str, curves: list[Curve],
            draw: Callable[[Axes, Curve, dict[str, Any]], None],
            setup: Callable[[Axes], None] | None = None) -> bytes:
+    # A few curves share the axes with their legend; more get a legend below the axes, and the
+    # figure grows by its rows so the plot itself keeps its size and no curve is hidden.
+    below = len(curves) > LEGEND_INSIDE
+    columns = 2 if below and max(len(c.label) for c in curves) <= 40 else 1
+    rows = math.ceil(len(curves) / columns) if below else 0
     with matplotlib.rc_context(STYLE):
-        fig = Figure(figsize=SIZE, dpi=DPI)
+        fig = Figure(figsize=(SIZE[0], SIZE[1] + 0.2 * rows), dpi=DPI)
         ax = fig.add_subplot()
         colours = matplotlib.colormaps["tab10"].colors
         for i, curve in enumerate(curves):
@@ -63,7 +69,10 @@ def render(title: str, xlabel: str, ylabel: str, curves: list[Curve],
         ax.grid(True, which="major", alpha=0.35, linewidth=0.6)
         if setup is not None:
             setup(ax)
-        ax.legend(loc="best", frameon=False)
+        if below:
+            ax.legend(loc="upper center", bbox_to_anchor=(0.5, -0.14), ncols=columns, frameon=False)
+        else:
+            ax.legend(loc="best", frameon=False)
         fig.tight_layout()
         buf = io.BytesIO()
         fig.savefig(buf, format="png", dpi=DPI)
@@ -112,8 +121,11 @@ def accuracy_vs_bytes_png(curves: list[Curve]) -> bytes:
     def setup(ax: Axes) -> None:
         ax.set_xscale("log")
         # enough ticks to read a short range, labelled as plain numbers ("20", not 2x10^1)
-        subs = (1.0,) if decades >= 2 else (1.0, 2.0, 5.0) if decades >= 1 else tuple(range(1, 10))
-        ax.xaxis.set_major_locator(LogLocator(base=10, subs=subs))
+        if decades < 0.5:  # within one decade: evenly spaced round numbers
+            ax.xaxis.set_major_locator(MaxNLocator(nbins=6, steps=[1, 2, 2.5, 5, 10]))
+        else:
+            subs = (1.0,) if decades >= 2 else (1.0, 2.0, 5.0) if decades >= 1 else tuple(range(1, 10))
+            ax.xaxis.set_major_locator(LogLocator(base=10, subs=subs))
         ax.xaxis.set_major_formatter(FuncFormatter(lambda v, _: f"{v:g}"))
         ax.xaxis.set_minor_formatter(FuncFormatter(lambda v, _: ""))
         low, high = ax.get_ylim()  # headroom: a reference line at the top stays clear of the edge

@@ -1,0 +1,139 @@
+"""`fedcustom report`: figures and report.md from real tiny run folders."""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import pytest
+from PIL import Image
+
+from fedcustom.cli import main
+from fedcustom.experiment import run_experiment
+from fedcustom.plots import DPI, FIGURES, SIZE
+from fedcustom.report import table
+from fedcustom.results import read_records
+
+
+def make_run(tiny_config, **sections) -> Path:
+    results = run_experiment(tiny_config(**sections), log=lambda *_: None)
+    return next(iter(results.values())).path.parent
+
+
+def pct(accuracy: float) -> str:
+    return f"{100 * accuracy:.2f}%"
+
+
+def section(report: str, title: str) -> str:
+    """The text of one `## title` section."""
+    return report.split(f"## {title}\n", 1)[1].split("\n## ", 1)[0]
+
+
+def rows(markdown_table: str) -> dict[str, list[str]]:
+    """First cell -> the row's cells, for the data rows of a Markdown pipe table."""
+    lines = [ln for ln in markdown_table.splitlines() if ln.startswith("|")][2:]
+    cells = [[c.strip() for c in ln.strip("|").split("|")] for ln in lines]
+    return {c[0]: c for c in cells}
+
+
+def check_figures(folder: Path) -> None:
+    for name in FIGURES:
+        path = folder / name
+        assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+        assert path.stat().st_size > 10_000  # axes, curves and text: far more than a blank image
+        with Image.open(path) as image:
+            image.verify()
+        with Image.open(path) as image:
+            width, height = image.size  # a long legend goes below the axes: a taller figure
+            assert width == round(SIZE[0] * DPI) and height >= round(SIZE[1] * DPI)
+    assert not list(folder.glob(".*.tmp"))
+
+
+def test_report_of_one_run(tiny_config, capsys: pytest.CaptureFixture[str]) -> None:
+    # lr 0.01: here the modes end apart and centralized peaks before its last round, so the
+    # final and best-vs-best gaps differ (the expected values are read from the records anyway)
+    run_dir = make_run(tiny_config, train={"lr": 0.01})
+    assert main(["report", str(run_dir)]) == 0
+    assert capsys.readouterr().out.strip() == f"report: {run_dir / 'report.md'}"
+    check_figures(run_dir)
+
+    report = (run_dir / "report.md").read_text()
+    fed, cen = read_records(run_dir / "federated"), read_records(run_dir / "centralized")
+    results = rows(section(report, "Results"))
+    for label, records in (("tiny federated (prefix, fedavg)", fed), ("tiny centralized (prefix)", cen)):
+        best = max(records, key=lambda r: (r["test_accuracy"], -r["round"]))
+        assert results[label][1:4] == [str(records[-1]["round"]), pct(records[-1]["test_accuracy"]),
+                                       f"{pct(best['test_accuracy'])} (round {best['round']})"]
+        assert results[label][4] == f"{records[-1]['test_macro_f1']:.3f}"
+
+    gap = rows(section(report, "Federated vs centralized"))["tiny federated (prefix, fedavg)"]
+    final = fed[-1]["test_accuracy"] - cen[-1]["test_accuracy"]
+    best = max(r["test_accuracy"] for r in fed) - max(r["test_accuracy"] for r in cen)
+    assert gap[1:3] == [pct(fed[-1]["test_accuracy"]), pct(cen[-1]["test_accuracy"])]
+    assert gap[3] == f"{100 * final:+.2f}" and gap[6] == f"{100 * best:+.2f}"
+
+    per_round = rows(section(report, "Test accuracy per round"))
+    assert per_round["tiny federated (prefix, fedavg)"][1:] == [pct(r["test_accuracy"]) for r in fed]
+    for name in FIGURES:
+        assert f"]({name})" in report
+    settings = rows(section(report, "Settings"))["tiny"]
+    assert settings[1:] == ["reviews.csv", Path(settings[2]).name, "prefix", "fedavg", "2", "iid", "2",
+                            "federated, centralized"]
+
+
+def test_report_of_several_runs(tiny_config, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    first = make_run(tiny_config)
+    second = make_run(tiny_config, name="other", modes=["federated"], federation={"rounds": 1})
+    copy = shutil.copytree(first, tmp_path / "copy-of-tiny")  # two runs of one config name
+    monkeypatch.chdir(tmp_path)
+    assert main(["report", str(first), str(second), str(copy)]) == 0
+
+    out = tmp_path / "report"  # several runs, no --out: ./report
+    check_figures(out)
+    report = (out / "report.md").read_text()
+    assert "3 runs" in report.splitlines()[0]
+    labels = {f"{first.name} federated (prefix, fedavg)", f"{first.name} centralized (prefix)",
+              "other federated (prefix, fedavg)", "copy-of-tiny federated (prefix, fedavg)",
+              "copy-of-tiny centralized (prefix)"}
+    assert set(rows(section(report, "Results"))) == labels
+    # only runs with a centralized mode have a gap
+    assert set(rows(section(report, "Federated vs centralized"))) == {
+        f"{first.name} federated (prefix, fedavg)", "copy-of-tiny federated (prefix, fedavg)"}
+    other = read_records(second / "federated")
+    assert rows(section(report, "Results"))["other federated (prefix, fedavg)"][2] == pct(
+        other[-1]["test_accuracy"])
+    assert not (first / "report.md").exists() and not (second / "report.md").exists()
+
+
+def test_report_out_folder(tiny_config, tmp_path: Path) -> None:
+    run_dir = make_run(tiny_config, modes=["centralized"], federation={"rounds": 1})
+    assert main(["report", str(run_dir), "--out", str(tmp_path / "a" / "b")]) == 0
+    check_figures(tmp_path / "a" / "b")
+    report = (tmp_path / "a" / "b" / "report.md").read_text()
+    assert "## Federated vs centralized" not in report  # nothing to compare
+    assert not (run_dir / "report.md").exists()
+
+
+def test_a_folder_that_is_not_a_run_is_a_one_line_error(tmp_path: Path,
+                                                        capsys: pytest.CaptureFixture[str]) -> None:
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    no_records = tmp_path / "no-records"
+    (no_records / "federated").mkdir(parents=True)
+    (no_records / "config.toml").write_text('name = "x"\n')
+    (no_records / "federated" / "rounds.jsonl").write_text("")
+    for folder, why in ((empty, "no config.toml"), (no_records, "no mode folder"),
+                        (tmp_path / "missing", "no such folder")):
+        assert main(["report", str(folder), "--out", str(tmp_path / "out")]) == 2
+        err = capsys.readouterr().err
+        assert err.count("\n") == 1 and str(folder) in err and why in err
+    assert not (tmp_path / "out").exists()  # nothing written
+
+
+def test_markdown_table() -> None:
+    assert table(["mode", "accuracy"], [["federated", "76.80%"], ["centralized", "n/a"]],
+                 markdown=True) == (
+        "| mode        | accuracy |\n"
+        "|:----------- | --------:|\n"
+        "| federated   |   76.80% |\n"
+        "| centralized |      n/a |")
