@@ -38,6 +38,8 @@ def test_defaults_build_and_round_trip_through_toml(tmp_path: Path) -> None:
         ({"modes": ["federated", "local"]}, "modes"),
         ({"engine": "ray"}, "engine = 'ray'"),
         ({"train": 3}, "'train' must be a table"),
+        ({"train": {"lr": float("inf")}}, "train.lr = inf: expected a finite number"),
+        ({"strategy": {"name": "fedavg", "server_lr": float("nan")}}, "expected a finite number"),
     ],
 )
 def test_bad_values_name_the_key(raw: dict, message: str) -> None:

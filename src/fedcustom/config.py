@@ -254,6 +254,8 @@ def coerce(value: Any, hint: Any, key: str) -> Any:
         raise TypeError(f"config field {key} has unsupported type {hint}")
     if not ok:
         raise ConfigError(f"{key} = {value!r}: expected {getattr(hint, '__name__', hint)}")
+    if hint is float and not math.isfinite(value):
+        raise ConfigError(f"{key} = {value!r}: expected a finite number")
     return float(value) if hint is float else value
 
 
