@@ -23,6 +23,8 @@ class Registry(Generic[T]):
         def add(item: T) -> T:
             if name in self._items:
                 raise ValueError(f"{self.kind} '{name}' is registered twice")
+            if isinstance(item, type):
+                item.name = name  # type: ignore[attr-defined]  # the registered name is the class's name
             self._items[name] = item
             return item
 

@@ -24,7 +24,7 @@ State = dict[str, torch.Tensor]
 
 
 class Method(ABC):
-    name: ClassVar[str]
+    name: ClassVar[str]  # set by the registry from the registered name
     summary: ClassVar[str]
     # What the method exchanges: weights | logits | scores | none (see DESIGN.md).
     exchange: ClassVar[str] = "weights"

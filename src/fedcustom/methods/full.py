@@ -37,7 +37,6 @@ def unused_parameters(model: nn.Module) -> list[nn.Parameter]:
 
 @METHODS.register("full")
 class Full(Method):
-    name = "full"
     summary = "full fine-tuning: every encoder weight the output uses, and the head, trained and exchanged"
     Options = FullOptions
     options: FullOptions

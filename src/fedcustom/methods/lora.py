@@ -34,7 +34,6 @@ class LoraOptions:
 
 @METHODS.register("lora")
 class Lora(Method):
-    name = "lora"
     summary = "LoRA: trainable low-rank updates to the encoder's linear layers (PEFT)"
     Options = LoraOptions
     options: LoraOptions

@@ -108,7 +108,6 @@ def init_from_activations(peft_model: nn.Module, text: str) -> None:
 
 @METHODS.register("prefix")
 class Prefix(Method):
-    name = "prefix"
     summary = "prefix-tuning: trainable key/value prefixes at every layer (PEFT)"
     Options = PrefixOptions
     options: PrefixOptions

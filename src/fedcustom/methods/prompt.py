@@ -33,7 +33,6 @@ class PromptOptions:
 
 @METHODS.register("prompt")
 class Prompt(Method):
-    name = "prompt"
     summary = "prompt tuning: trainable soft-prompt embeddings prepended to the input (PEFT)"
     Options = PromptOptions
     options: PromptOptions

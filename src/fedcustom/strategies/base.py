@@ -18,7 +18,7 @@ ClientResult = tuple[State, int]  # (client state, number of training examples)
 
 
 class Strategy(ABC):
-    name: ClassVar[str]
+    name: ClassVar[str]  # set by the registry from the registered name
     summary: ClassVar[str]
     accepts: ClassVar[frozenset[str]] = frozenset({"weights"})
     Options: ClassVar[type]

@@ -27,7 +27,6 @@ class FedAvgOptions:
 
 @STRATEGIES.register("fedavg")
 class FedAvg(Strategy):
-    name = "fedavg"
     summary = "example-weighted average of client states; server lr and momentum (FedAvgM)"
     Options = FedAvgOptions
     options: FedAvgOptions

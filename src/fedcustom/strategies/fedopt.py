@@ -76,7 +76,6 @@ class FedOpt(Strategy):
 
 @STRATEGIES.register("fedadam")
 class FedAdam(FedOpt):
-    name = "fedadam"
     summary = "server Adam on the averaged client delta (Reddi et al. 2021)"
 
     def second_moment(self, v: torch.Tensor, delta_sq: torch.Tensor) -> torch.Tensor:
@@ -85,7 +84,6 @@ class FedAdam(FedOpt):
 
 @STRATEGIES.register("fedyogi")
 class FedYogi(FedOpt):
-    name = "fedyogi"
     summary = "server Yogi on the averaged client delta: v grows additively (Reddi et al. 2021)"
 
     def second_moment(self, v: torch.Tensor, delta_sq: torch.Tensor) -> torch.Tensor:
@@ -94,7 +92,6 @@ class FedYogi(FedOpt):
 
 @STRATEGIES.register("fedadagrad")
 class FedAdagrad(FedOpt):
-    name = "fedadagrad"
     summary = "server Adagrad on the averaged client delta (Reddi et al. 2021)"
 
     def second_moment(self, v: torch.Tensor, delta_sq: torch.Tensor) -> torch.Tensor:

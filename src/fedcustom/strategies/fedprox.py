@@ -26,7 +26,6 @@ class FedProxOptions(FedAvgOptions):
 
 @STRATEGIES.register("fedprox")
 class FedProx(FedAvg):
-    name = "fedprox"
     summary = "FedAvg whose clients add a proximal term (mu/2)*||w - w_global||^2 to their loss"
     Options = FedProxOptions
     options: FedProxOptions

@@ -39,7 +39,6 @@ class MedianOptions:
 
 @STRATEGIES.register("median")
 class Median(Strategy):
-    name = "median"
     summary = "coordinate-wise median of client states (unweighted by example count)"
     Options = MedianOptions
 
@@ -60,7 +59,6 @@ class TrimmedMeanOptions:
 
 @STRATEGIES.register("trimmed_mean")
 class TrimmedMean(Strategy):
-    name = "trimmed_mean"
     summary = "coordinate-wise mean after cutting the largest and smallest values (unweighted by examples)"
     Options = TrimmedMeanOptions
     options: TrimmedMeanOptions
@@ -87,7 +85,6 @@ class Krum(Strategy):
     """Blanchard et al. (2017): score each state by its summed squared distance to its n-f-2
     nearest others and keep the lowest-scored (multi-Krum: average the m lowest)."""
 
-    name = "krum"
     summary = "(multi-)Krum: the client state(s) closest to their neighbours (unweighted by examples)"
     Options = KrumOptions
     options: KrumOptions
