@@ -208,7 +208,7 @@ def test_proximal_term_keeps_clients_near_the_global_state(tiny_model_dir: Path)
 
 @pytest.mark.parametrize("name", NEW)
 def test_two_round_run(tiny_config, monkeypatch: pytest.MonkeyPatch, name: str) -> None:
-    import fedcustom.engines.simulation as simulation
+    import fedcustom.training as training
 
     seen: list[float] = []
 
@@ -216,7 +216,7 @@ def test_two_round_run(tiny_config, monkeypatch: pytest.MonkeyPatch, name: str) 
         seen.append(kwargs.get("prox_mu", 0.0))  # type: ignore[arg-type]
         return train_local(*args, **kwargs)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(simulation, "train_local", spy)
+    monkeypatch.setattr(training, "train_local", spy)
     strategy: dict[str, object] = {"name": name}
     partition = {"num_clients": 2}
     if name == "krum":

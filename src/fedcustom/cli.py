@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import importlib
+import pkgutil
 import sys
 from importlib import resources
 from pathlib import Path
@@ -92,7 +94,15 @@ def parser() -> argparse.ArgumentParser:
     sub.add_parser("datasets", help="list built-in datasets").set_defaults(func=cmd_datasets)
     sub.add_parser("methods", help="list methods, strategies and their options").set_defaults(
         func=cmd_methods)
+    add_extension_commands(sub)
     return p
+
+
+def add_extension_commands(sub: argparse._SubParsersAction) -> None:
+    from fedcustom import commands
+
+    for info in sorted(pkgutil.iter_modules(commands.__path__), key=lambda m: m.name):
+        importlib.import_module(f"{commands.__name__}.{info.name}").add_commands(sub)
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -26,10 +26,8 @@ from fedcustom.data import load_task_data, partition_indices, partition_table
 from fedcustom.data.batching import Encoded, encode
 from fedcustom.engines import ENGINES, Client, Job
 from fedcustom.errors import UserError
-from fedcustom.evaluation import evaluate_classifier
 from fedcustom.methods import METHODS
 from fedcustom.methods.base import State
-from fedcustom.models import build_classifier
 from fedcustom.report import side_by_side
 from fedcustom.results import RunWriter, atomic_write, new_run_dir
 from fedcustom.strategies import STRATEGIES
@@ -69,7 +67,8 @@ def execute(cfg: ExperimentConfig, resume_dir: Path | None, log: Any,
     torch.set_num_threads(cfg.threads or os.cpu_count() or 1)
     data = load_task_data(cfg.data)
     parts = partition_indices(data.train, cfg.partition, cfg.seed)  # fails early on a bad split
-    model, tokenizer = build_classifier(cfg.model, len(data.label_names), cfg.seed)
+    method = METHODS.get(cfg.method.name)(cfg.method.options)
+    model, tokenizer = method.build_model(cfg.model, len(data.label_names), cfg.seed)
     # Inputs are all checked (config, data, partition, model): only now is anything written.
     run_dir = resume_dir or new_run_dir(cfg.output_dir, cfg.name)
     if resume_dir is None:
@@ -79,7 +78,6 @@ def execute(cfg: ExperimentConfig, resume_dir: Path | None, log: Any,
     log(f"run folder: {run_dir}\n{data.name}: {len(data.train)} train / {len(data.test)} test "
         f"examples, labels {data.label_names}\n{table}")
 
-    method = METHODS.get(cfg.method.name)(cfg.method.options)
     method.prepare(model)
     initial = method.get_state(model)  # every mode starts from this initialization
     n_params = sum(v.numel() for v in initial.values())
@@ -93,7 +91,7 @@ def execute(cfg: ExperimentConfig, resume_dir: Path | None, log: Any,
     def evaluate(m: torch.nn.Module) -> dict[str, float]:
         out = {}
         for split, enc in held_out.items():
-            metrics = evaluate_classifier(m, enc, cfg.train.eval_batch_size)
+            metrics = method.evaluate(m, enc, cfg.train.eval_batch_size)
             out.update({f"{split}_{k}": v for k, v in metrics.items()})
         return out
 

@@ -19,7 +19,7 @@ from fedcustom.data.batching import Encoded
 from fedcustom.engines.base import ENGINES, Engine, Job, client_seed, peak_rss_mb, sample_clients
 from fedcustom.methods.base import State
 from fedcustom.payload import deserialize, serialize
-from fedcustom.training import LocalResult, lr_scale, train_local
+from fedcustom.training import LocalResult, lr_scale
 from fedcustom.validation import screen_updates
 
 
@@ -27,8 +27,7 @@ def fit(job: Job, down: bytes, rows: np.ndarray, seed: int, progress: str,
         client_config: dict[str, Any], data: Encoded) -> tuple[State, LocalResult]:
     """One client's local training from the downloaded global state."""
     job.method.set_state(job.model, deserialize(down))
-    local = train_local(job.model, job.method, data, rows, job.train, seed, progress=progress,
-                        **client_config)
+    local = job.method.fit(job.model, data, rows, job.train, seed, progress=progress, **client_config)
     return job.method.get_state(job.model), local
 
 

@@ -9,8 +9,9 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from pathlib import Path
-from typing import ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 from safetensors.torch import save_file
@@ -19,6 +20,11 @@ from torch import nn
 from fedcustom.data.batching import Batch
 from fedcustom.errors import UserError
 from fedcustom.registry import Registry
+
+if TYPE_CHECKING:
+    from fedcustom.config import ModelConfig, TrainConfig
+    from fedcustom.data.batching import Encoded
+    from fedcustom.training import LocalResult
 
 State = dict[str, torch.Tensor]
 
@@ -32,6 +38,18 @@ class Method(ABC):
 
     def __init__(self, options: object) -> None:
         self.options = options
+
+    def build_model(self, cfg: ModelConfig, num_labels: int, seed: int) -> tuple[nn.Module, Any]:
+        """The task model (before `prepare`) and its tokenizer. Default: backbone + classifier head."""
+        from fedcustom.models import build_classifier
+
+        return build_classifier(cfg, num_labels, seed)
+
+    def evaluate(self, model: nn.Module, data: Encoded, batch_size: int) -> dict[str, float]:
+        """Metrics of `model` on held-out `data` (names without the split prefix)."""
+        from fedcustom.evaluation import evaluate_classifier
+
+        return evaluate_classifier(model, data, batch_size)
 
     @abstractmethod
     def prepare(self, model: nn.Module) -> nn.Module:
@@ -56,6 +74,15 @@ class Method(ABC):
                         f"model expects {tuple(param.shape)}"
                     )
                 param.copy_(state[name])
+
+    def fit(self, model: nn.Module, data: Encoded, rows: np.ndarray, cfg: TrainConfig, seed: int,
+            progress: str | None = None, **client_config: Any) -> LocalResult:
+        """A client's local work on `rows` of `data`, in place on `model`. Gradient methods use the
+        shared loop (training.train_local); a method that trains differently (forward-only
+        search, distillation) overrides this, and engines call nothing else."""
+        from fedcustom.training import train_local
+
+        return train_local(model, self, data, rows, cfg, seed, progress=progress, **client_config)
 
     def loss(self, model: nn.Module, batch: Batch) -> torch.Tensor:
         return F.cross_entropy(model(batch.input_ids, batch.attention_mask), batch.labels)
