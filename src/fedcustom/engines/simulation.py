@@ -12,7 +12,6 @@ import time
 from functools import partial
 from typing import Any
 
-import numpy as np
 from tqdm.auto import tqdm
 
 from fedcustom.data.batching import Encoded
@@ -23,11 +22,12 @@ from fedcustom.training import LocalResult, lr_scale
 from fedcustom.validation import screen_updates
 
 
-def fit(job: Job, down: bytes, rows: np.ndarray, seed: int, progress: str,
+def fit(job: Job, down: bytes, cid: int, seed: int, progress: str,
         client_config: dict[str, Any], data: Encoded) -> tuple[State, LocalResult]:
     """One client's local training from the downloaded global state."""
     job.method.set_state(job.model, deserialize(down))
-    local = job.method.fit(job.model, data, rows, job.train, seed, progress=progress, **client_config)
+    local = job.method.fit(job.model, data, job.clients[cid].rows, job.train, seed, progress=progress,
+                           cid=cid, **client_config)
     return job.method.get_state(job.model), local
 
 
@@ -51,7 +51,7 @@ class SimulationEngine(Engine):
             crashed: list[tuple[int, Exception]] = []
             for cid in sampled:
                 rows = job.clients[cid].rows
-                train = partial(fit, job, down, rows, client_seed(job.seed, server_round, cid),
+                train = partial(fit, job, down, cid, client_seed(job.seed, server_round, cid),
                                 f"round {server_round} client {cid}", client_config)
                 try:
                     update, local = job.attack.client_update(cid, state, job.data, train)
@@ -85,6 +85,7 @@ class SimulationEngine(Engine):
                 "client_seconds": client_seconds,
                 "round_seconds": time.perf_counter() - start,
                 "peak_rss_mb": peak_rss_mb(),
+                **job.strategy.round_record(),
             }
             rounds.set_postfix({k: round(v, 4) for k, v in metrics.items() if "accuracy" in k})
             job.on_round(record, state)

@@ -76,10 +76,10 @@ class Method(ABC):
                 param.copy_(state[name])
 
     def fit(self, model: nn.Module, data: Encoded, rows: np.ndarray, cfg: TrainConfig, seed: int,
-            progress: str | None = None, **client_config: Any) -> LocalResult:
-        """A client's local work on `rows` of `data`, in place on `model`. Gradient methods use the
-        shared loop (training.train_local); a method that trains differently (forward-only
-        search, distillation) overrides this, and engines call nothing else."""
+            progress: str | None = None, cid: int = 0, **client_config: Any) -> LocalResult:
+        """Client `cid`'s local work on `rows` of `data`, in place on `model`. Gradient methods use
+        the shared loop (training.train_local); a method that trains differently (forward-only
+        search, distillation, per-client models) overrides this, and engines call nothing else."""
         from fedcustom.training import train_local
 
         return train_local(model, self, data, rows, cfg, seed, progress=progress, **client_config)

@@ -34,6 +34,10 @@ class Strategy(ABC):
         """Values clients need this round (e.g. a proximal coefficient)."""
         return {}
 
+    def round_record(self) -> dict[str, Any]:
+        """Extra fields for the record of the round just aggregated (e.g. a privacy budget spent)."""
+        return {}
+
     def state_dict(self) -> dict[str, torch.Tensor]:
         return {}
 
