@@ -143,6 +143,23 @@ class AttackConfig:
 
 
 @dataclass(frozen=True)
+class FaultsConfig:
+    """Unreliable clients and noisy data (federated mode only), seeded: same config, same faults."""
+
+    dropout: float = opt(0.0, "chance that a sampled client drops out of a round (it never trains)")
+    stragglers: float = opt(0.0, "chance that a sampled client misses the round deadline: it trains, "
+                                 "but its late update is discarded")
+    noisy_clients: float = opt(0.0, "share of clients whose labels are noisy, drawn once per run")
+    noise_rate: float = opt(0.5, "share of a noisy client's labels replaced by a uniformly random label")
+
+    def __post_init__(self) -> None:
+        check(0 <= self.dropout < 1, "dropout", "a number in [0, 1)")
+        check(0 <= self.stragglers < 1, "stragglers", "a number in [0, 1)")
+        check(0 <= self.noisy_clients <= 1, "noisy_clients", "a number in [0, 1]")
+        check(0 < self.noise_rate <= 1, "noise_rate", "a number in (0, 1]")
+
+
+@dataclass(frozen=True)
 class ComponentSpec:
     """A registered component (method or strategy) by name, with its own options dataclass."""
 
@@ -169,6 +186,7 @@ class ExperimentConfig:
     train: TrainConfig = field(default_factory=TrainConfig)
     federation: FederationConfig = field(default_factory=FederationConfig)
     attack: AttackConfig = field(default_factory=AttackConfig)
+    faults: FaultsConfig = field(default_factory=FaultsConfig)
 
     def __post_init__(self) -> None:
         check(bool(self.modes) and set(self.modes) <= set(MODES), "modes",

@@ -26,6 +26,7 @@ from fedcustom.data import load_task_data, partition_indices, partition_table
 from fedcustom.data.batching import Encoded, encode
 from fedcustom.engines import ENGINES, Client, Job
 from fedcustom.errors import UserError
+from fedcustom.faults import Faults
 from fedcustom.methods import METHODS
 from fedcustom.methods.base import State
 from fedcustom.report import side_by_side
@@ -103,9 +104,11 @@ def execute(cfg: ExperimentConfig, resume_dir: Path | None, log: Any,
             strategy = STRATEGIES.get(cfg.strategy.name)(cfg.strategy.options)
             fraction = cfg.federation.fraction_fit
             attack = Attack.from_config(cfg.attack, len(clients), len(data.label_names), cfg.seed)
+            faults = Faults(cfg.faults, len(clients), len(data.label_names), cfg.seed)
         else:
             clients = [Client(0, np.arange(len(train)))]
             strategy, fraction, attack = FedAvg(FedAvgOptions()), 1.0, Attack.none()
+            faults = Faults.none()
         writer = RunWriter(run_dir / mode)
         start, state = 0, initial
         ckpt = writer.load_checkpoint()
@@ -121,7 +124,8 @@ def execute(cfg: ExperimentConfig, resume_dir: Path | None, log: Any,
 
         job = Job(model, method, strategy, clients, train, cfg.train, cfg.federation.rounds,
                   fraction, cfg.seed, evaluate, on_round, label=mode, start_round=start,
-                  initial_state=state, max_norm_factor=cfg.federation.max_norm_factor, attack=attack)
+                  initial_state=state, max_norm_factor=cfg.federation.max_norm_factor, attack=attack,
+                  faults=faults)
         final = engine.run(job)
         writer.save_final(method, model, final)
         return ModeResult(mode, writer.path, writer.records)

@@ -18,6 +18,7 @@ from torch import nn
 from fedcustom.attacks import Attack
 from fedcustom.config import TrainConfig
 from fedcustom.data.batching import Encoded
+from fedcustom.faults import Faults
 from fedcustom.methods.base import Method, State
 from fedcustom.registry import Registry
 from fedcustom.strategies.base import Strategy
@@ -56,6 +57,7 @@ class Job:
     initial_state: State | None = None  # None: the model's current state
     max_norm_factor: float = 10.0  # see validation.screen_updates
     attack: Attack = field(default_factory=Attack.none)
+    faults: Faults = field(default_factory=Faults.none)
 
 
 def sample_clients(num_clients: int, fraction: float, seed: int, server_round: int) -> list[int]:

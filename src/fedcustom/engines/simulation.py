@@ -38,7 +38,8 @@ class SimulationEngine(Engine):
         state = method.get_state(model) if job.initial_state is None else job.initial_state
         method.set_state(model, state)
         if job.start_round == 0:
-            job.on_round({"round": 0, **job.evaluate(model), **job.attack.describe()}, state)
+            job.on_round({"round": 0, **job.evaluate(model), **job.attack.describe(),
+                          **job.faults.describe()}, state)
         rounds = tqdm(range(job.start_round + 1, job.rounds + 1), desc=job.label, unit="round",
                       initial=job.start_round, total=job.rounds)
         for server_round in rounds:
@@ -49,23 +50,27 @@ class SimulationEngine(Engine):
                              "lr_scale": lr_scale(job.train, server_round, job.rounds)}
             updates, loss_sum, examples, client_seconds, bytes_up = [], 0.0, 0, 0.0, 0
             crashed: list[tuple[int, Exception]] = []
-            for cid in sampled:
+            on_time, dropped, late = job.faults.split(server_round, sampled)
+            for cid in sorted(on_time + late):
                 rows = job.clients[cid].rows
                 train = partial(fit, job, down, cid, client_seed(job.seed, server_round, cid),
                                 f"round {server_round} client {cid}", client_config)
+                data = job.faults.training_data(cid, job.data)
                 try:
-                    update, local = job.attack.client_update(cid, state, job.data, train)
+                    update, local = job.attack.client_update(cid, state, data, train)
                 except Exception as e:  # noqa: BLE001 - a failing client must not end the round
                     crashed.append((cid, e))
+                    continue
+                client_seconds += local.seconds
+                if cid in late:  # trained, but the server closed the round without it
                     continue
                 up = serialize(update)
                 updates.append((cid, deserialize(up), len(rows)))
                 bytes_up += len(up)
-                client_seconds += local.seconds
                 loss_sum += local.loss * len(rows)
                 examples += len(rows)
-            if not updates:  # nobody could train: a systematic error, not a client fault
-                raise crashed[0][1]
+            if crashed and len(crashed) == len(on_time) + len(late):
+                raise crashed[0][1]  # nobody could train: a systematic error, not a client fault
             accepted, rejected = screen_updates(state, updates, job.max_norm_factor)
             rejected = sorted(rejected + [{"client": cid, "reason": f"client failed: {e!r}"}
                                           for cid, e in crashed], key=lambda r: r["client"])
@@ -76,8 +81,10 @@ class SimulationEngine(Engine):
             record = {
                 "round": server_round,
                 **metrics,
-                "train_loss": loss_sum / examples,
+                "train_loss": loss_sum / examples if examples else None,  # None: no update arrived
                 "clients": len(sampled),
+                "dropped": dropped,
+                "late": late,
                 "accepted": len(accepted),
                 "rejected": rejected,
                 "bytes_down": len(down) * len(sampled),
