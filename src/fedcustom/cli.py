@@ -47,6 +47,12 @@ def run_and_summarize(cfg: object) -> None:
 def cmd_report(args: argparse.Namespace) -> None:
     from fedcustom.report import write_report
 
+    if len(args.run_dirs) == 1 and (Path(args.run_dirs[0]) / "study.json").is_file():
+        from fedcustom.study_report import write_study_report
+
+        out = Path(args.out) if args.out else None
+        print(f"report: {write_study_report(Path(args.run_dirs[0]), out)}")
+        return
     print(f"report: {write_report(args.run_dirs, args.out)}")
 
 
@@ -85,8 +91,9 @@ def parser() -> argparse.ArgumentParser:
                          help="override a config value, e.g. --set federation.rounds=3")
     run.set_defaults(func=cmd_run)
     demo.set_defaults(func=cmd_demo)
-    report = sub.add_parser("report", help="report.md and figures from one or more run folders")
-    report.add_argument("run_dirs", nargs="+", metavar="RUN_DIR", help="run folder(s) written by `run`")
+    report = sub.add_parser("report", help="report.md and figures from run folders or a study folder")
+    report.add_argument("run_dirs", nargs="+", metavar="RUN_DIR",
+                        help="run folder(s) written by `run`, or one study folder written by `study`")
     report.add_argument("--out", metavar="DIR",
                         help="folder for report.md and the PNGs (default: the run folder, or ./report "
                              "for several)")

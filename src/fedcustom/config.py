@@ -286,7 +286,14 @@ def parse_override(text: str) -> tuple[list[str], Any]:
         value = tomllib.loads(f"v = {raw.strip()}")["v"]
     except tomllib.TOMLDecodeError:
         value = raw.strip()
-    return key.strip().split("."), value
+    try:  # a TOML key: dotted, and parts may be quoted (grid."partition.alpha")
+        nested, path = tomllib.loads(f"{key.strip()} = 0"), []
+    except tomllib.TOMLDecodeError:
+        raise ConfigError(f"--set {text!r}: {key.strip()!r} is not a valid key") from None
+    while isinstance(nested, dict):
+        (part, nested), = nested.items()
+        path.append(part)
+    return path, value
 
 
 def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:

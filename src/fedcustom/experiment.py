@@ -48,10 +48,10 @@ def encode_split(split: Any, tokenizer: Any, max_length: int) -> Encoded:
     return encode(split["text"], split["label"], tokenizer, max_length)
 
 
-def run_experiment(cfg: ExperimentConfig, log: Any = print,
-                   on_record: RecordHook | None = None) -> dict[str, ModeResult]:
-    """Run every mode of `cfg` in a new run folder."""
-    return execute(cfg, None, log, on_record)
+def run_experiment(cfg: ExperimentConfig, log: Any = print, on_record: RecordHook | None = None,
+                   into: Path | None = None) -> dict[str, ModeResult]:
+    """Run every mode of `cfg` in a new run folder: OUTPUT_DIR/NAME-TIME, or exactly `into`."""
+    return execute(cfg, None, log, on_record, into)
 
 
 def resume_experiment(run_dir: str | Path, log: Any = print,
@@ -64,14 +64,16 @@ def resume_experiment(run_dir: str | Path, log: Any = print,
 
 
 def execute(cfg: ExperimentConfig, resume_dir: Path | None, log: Any,
-            on_record: RecordHook | None) -> dict[str, ModeResult]:
+            on_record: RecordHook | None, into: Path | None = None) -> dict[str, ModeResult]:
     torch.set_num_threads(cfg.threads or os.cpu_count() or 1)
     data = load_task_data(cfg.data)
     parts = partition_indices(data.train, cfg.partition, cfg.seed)  # fails early on a bad split
     method = METHODS.get(cfg.method.name)(cfg.method.options)
     model, tokenizer = method.build_model(cfg.model, len(data.label_names), cfg.seed)
     # Inputs are all checked (config, data, partition, model): only now is anything written.
-    run_dir = resume_dir or new_run_dir(cfg.output_dir, cfg.name)
+    if into is not None:
+        into.mkdir(parents=True, exist_ok=True)
+    run_dir = resume_dir or into or new_run_dir(cfg.output_dir, cfg.name)
     if resume_dir is None:
         atomic_write(run_dir / "config.toml", dumps(cfg))
     table = partition_table(data.train, parts, data.label_names)
