@@ -21,7 +21,8 @@ from fedcustom.training import train_local
 
 TEXTS = ["a warm and funny film", "dull", "the plot was tedious and the acting flat", "superb"]
 LABELS = [1, 0, 0, 1]
-NAMES = METHODS.names()
+# the weights contract; methods exchanging logits or scores have their own suites
+NAMES = [n for n in METHODS.names() if METHODS.get(n).exchange == "weights"]
 
 
 def prepared(model_dir: Path, name: str, seed: int) -> tuple[Classifier, object, Method]:

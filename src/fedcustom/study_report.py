@@ -54,9 +54,15 @@ def gaps(cell: CellResult) -> list[float]:
 
 
 def trainable_parameters(run: RunFolder, mode: str) -> int | None:
-    """Counted from the saved final state: what the method trained and exchanged."""
+    """Counted from the saved final state: what the method trained and exchanged. None for a
+    method that exchanges something else (logits, scores): its state is no parameter count."""
     from safetensors import safe_open
 
+    from fedcustom.methods import METHODS
+
+    name = run.config.get("method", {}).get("name")
+    if name not in METHODS.names() or METHODS.get(name).exchange != "weights":
+        return None
     path = run.path / mode / "state.safetensors"
     if not path.is_file():
         return None
