@@ -25,9 +25,10 @@ from fedcustom.strategies.fedprox import FedProx, FedProxOptions
 from fedcustom.strategies.robust import KrumOptions, TrimmedMeanOptions
 from fedcustom.training import train_local
 
-NEW = ["fedadam", "fedyogi", "fedadagrad", "median", "trimmed_mean", "krum", "fedprox"]
-# server_lr 1, beta1 = beta2 = 0.5, tau 0.5: v starts at tau^2 = 0.25, sqrt(v) + tau is easy
-EASY = FedOptOptions(server_lr=1.0, beta1=0.5, beta2=0.5, tau=0.5)
+NEW = ["fedadam", "fedyogi", "fedadagrad", "fedavgm", "median", "trimmed_mean", "krum", "fedprox",
+       "dp_fedavg"]
+# server_lr 1, beta1 = beta2 = 0.5, eps 0.5: numbers that are easy to follow by hand
+EASY = FedOptOptions(server_lr=1.0, beta1=0.5, beta2=0.5, eps=0.5)
 
 
 def t(*values: float) -> torch.Tensor:
@@ -43,55 +44,94 @@ def w(state: dict[str, torch.Tensor]) -> list[float]:
     return state["w"].tolist()
 
 
-# --- FedAdam / FedYogi / FedAdagrad -------------------------------------------------------------
+# --- FedAdam / FedYogi / FedAdagrad / FedAvgM ----------------------------------------------------
 
-def test_fedadam_two_rounds() -> None:
+def client_rounds(seed: int, rounds: int) -> list[list[tuple[dict[str, torch.Tensor], int]]]:
+    """Per round, 3 clients' states (two tensors) with unequal example counts, drawn around zero."""
+    g = torch.Generator().manual_seed(seed)
+    return [[({"a": torch.randn(3, 2, generator=g), "b": torch.randn(4, generator=g)}, n) for n in (1, 5, 2)]
+            for _ in range(rounds)]
+
+
+@pytest.mark.parametrize(("name", "torch_optimizer"), [
+    ("fedadam", lambda p, o: torch.optim.Adam(p, lr=o.server_lr, betas=(o.beta1, o.beta2), eps=o.eps)),
+    ("fedadagrad", lambda p, o: torch.optim.Adagrad(p, lr=o.server_lr, eps=o.eps)),
+])
+def test_server_optimizer_is_the_torch_optimizer_on_the_averaged_delta(name: str, torch_optimizer) -> None:
+    options = FedOptOptions(server_lr=0.1, beta1=0.8, beta2=0.9, eps=1e-3)
+    strategy = STRATEGIES.get(name)(options)
+    state = {"a": torch.ones(3, 2), "b": torch.zeros(4)}
+    params = {k: v.clone() for k, v in state.items()}  # the reference: torch stepping by itself
+    reference = torch_optimizer(list(params.values()), options)
+    for results in client_rounds(0, 5):
+        total = sum(n for _, n in results)
+        for k, p in params.items():  # grad = -(example-weighted mean of the client states - global)
+            mean = sum(s[k].double() * (n / total) for s, n in results).float()  # type: ignore[union-attr]
+            p.grad = p.detach() - mean
+        reference.step()
+        state = strategy.aggregate(state, results)
+        for k, p in params.items():
+            assert torch.equal(state[k], p), (k, state[k], p)
+    assert not torch.allclose(state["a"], torch.ones(3, 2))  # it moved
+
+
+def test_fedadam_first_step_has_bias_correction() -> None:
+    # with bias correction Adam's first step is server_lr * g / (|g| + eps) per coordinate:
+    # delta = [0.5, -0.5] -> step = 1 * [0.5, -0.5] / (0.5 + 0.5) = [0.5, -0.5]
     adam = STRATEGIES.get("fedadam")(EASY)
-    # weighted mean = ([2, -1]*1 + [0, 1]*3) / 4 = [0.5, 0.5]; delta = [0.5, 0.5] - [0, 1] = [0.5, -0.5]
-    # m = 0.5*0 + 0.5*delta = [0.25, -0.25]; v = 0.5*0.25 + 0.5*0.25 = [0.25, 0.25]
-    # step = m / (sqrt(0.25) + 0.5) = [0.25, -0.25] -> [0.25, 0.75]
     s1 = adam.aggregate({"w": t(0, 1)}, [({"w": t(2, -1)}, 1), ({"w": t(0, 1)}, 3)])
-    assert w(s1) == pytest.approx([0.25, 0.75])
-    # delta = [0.75, 0.75] - [0.25, 0.75] = [0.5, 0]
-    # m = 0.5*[0.25, -0.25] + 0.5*[0.5, 0] = [0.375, -0.125]; v = 0.125 + 0.5*[0.25, 0] = [0.25, 0.125]
-    # step = [0.375 / (0.5 + 0.5), -0.125 / (sqrt(0.125) + 0.5)] = [0.375, -0.1464466]
-    s2 = adam.aggregate(s1, [({"w": t(0.75, 0.75)}, 7)])
-    assert w(s2) == pytest.approx([0.625, 0.6035534])
+    assert w(s1) == pytest.approx([0.5, 0.5])
 
 
 def test_fedyogi_two_rounds() -> None:
     yogi = STRATEGIES.get("fedyogi")(EASY)
-    # delta = [2, 0.25]; m = [1, 0.125]; v = v - 0.5 * delta^2 * sign(v - delta^2):
-    #   0.25 - 0.5*4*sign(0.25 - 4) = 2.25;  0.25 - 0.5*0.0625*sign(0.25 - 0.0625) = 0.21875
-    # step = [1 / (1.5 + 0.5), 0.125 / (sqrt(0.21875) + 0.5)] = [0.5, 0.1291713]
-    s1 = yogi.aggregate({"w": t(0, 0)}, [({"w": t(2, 0.25)}, 1)])
-    assert w(s1) == pytest.approx([0.5, 0.1291713])
-    # clients send the global state back: delta = 0, m = [0.5, 0.0625]; Yogi leaves v as it was
-    # (Adam would halve it): step = [0.5 / 2, 0.0625 / (sqrt(0.21875) + 0.5)] = [0.25, 0.0645856]
-    s2 = yogi.aggregate(s1, [(dict(s1), 1)])
-    assert w(s2) == pytest.approx([0.75, 0.1937570])
+    # round 1, g = -delta = [-2, -0.5]: m = 0.5*g = [-1, -0.25]; v = 0 + 0.5*g^2 = [2, 0.125] (as Adam)
+    # m_hat = m / 0.5 = [-2, -0.5]; v_hat = v / 0.5 = [4, 0.25]; step = -m_hat / (sqrt(v_hat) + 0.5)
+    #   = [2 / 2.5, 0.5 / 1] = [0.8, 0.5]
+    s1 = yogi.aggregate({"w": t(0, 0)}, [({"w": t(2, 0.5)}, 1)])
+    assert w(s1) == pytest.approx([0.8, 0.5])
+    # round 2, g = [-1, 0.5] (clients send [1.8, 0]): m = 0.5*m + 0.5*g = [-1, 0.125]
+    # v: Yogi moves by 0.5*g^2 towards g^2: 2 - 0.5*1*sign(2 - 1) = 1.5; 0.125 + 0.5*0.25 = 0.25
+    #   (Adam would give 0.5*2 + 0.5*1 = 1.5 and 0.0625 + 0.125 = 0.1875)
+    # bias corrections 1 - 0.25 = 0.75: m_hat = [-4/3, 1/6]; v_hat = [2, 1/3]
+    # step = [4/3 / (sqrt(2) + 0.5), -1/6 / (sqrt(1/3) + 0.5)] = [0.6965, -0.15470]
+    s2 = yogi.aggregate(s1, [({"w": t(1.8, 0)}, 1)])
+    assert w(s2) == pytest.approx([0.8 + 0.6965356, 0.5 - 0.1547005], rel=1e-5)
 
 
 def test_fedadagrad_two_rounds() -> None:
     adagrad = STRATEGIES.get("fedadagrad")(EASY)
-    # delta = 1.2; m = 0.6; v = 0.25 + 1.44 = 1.69; step = 0.6 / (1.3 + 0.5) = 1/3
+    # g = -1.2; sum = 1.44; step = 1.2 / (1.2 + 0.5) = 12/17
     s1 = adagrad.aggregate({"w": t(0)}, [({"w": t(1.2)}, 1)])
-    assert w(s1) == pytest.approx([1 / 3])
-    # delta = 0; m = 0.3; v = 1.69 + 0 (Adagrad never forgets); step = 0.3 / 1.8 = 1/6
+    assert w(s1) == pytest.approx([12 / 17])
+    # g = 0 (the global state sent back): Adagrad has no momentum, so nothing moves
     s2 = adagrad.aggregate(s1, [(dict(s1), 1)])
-    assert w(s2) == pytest.approx([0.5])
+    assert w(s2) == pytest.approx([12 / 17])
 
 
-def test_fedadam_state_dict_resumes_the_same() -> None:
-    first = {"w": t(0, 1)}, [({"w": t(2, -1)}, 1), ({"w": t(0, 1)}, 3)]
-    adam = STRATEGIES.get("fedadam")(EASY)
-    s1 = adam.aggregate(*first)
-    restored = STRATEGIES.get("fedadam")(EASY)
-    restored.load_state_dict(deserialize(serialize(adam.state_dict())))  # as a checkpoint would
-    second = [({"w": t(0.75, 0.75)}, 7)]
-    assert torch.equal(adam.aggregate(s1, second)["w"], restored.aggregate(s1, second)["w"])
-    fresh = STRATEGIES.get("fedadam")(EASY)  # without the moments the step differs
-    assert not torch.equal(fresh.aggregate(s1, second)["w"], restored.aggregate(s1, second)["w"])
+def test_fedavgm_is_fedavg_with_momentum() -> None:
+    assert STRATEGIES.get("fedavgm").Options().momentum == 0.9
+    m, fedavg = make("fedavgm", momentum=0.5), FedAvg(FedAvgOptions(momentum=0.5))
+    state_m = state_f = {"w": t(0, 1)}
+    for results in ([({"w": t(2, -1)}, 1), ({"w": t(0, 1)}, 3)], [({"w": t(1, 1)}, 2)]):
+        state_m, state_f = m.aggregate(state_m, results), fedavg.aggregate(state_f, results)
+        assert torch.equal(state_m["w"], state_f["w"])
+
+
+@pytest.mark.parametrize("name", ["fedadam", "fedyogi", "fedadagrad"])
+def test_server_optimizer_state_dict_resumes_the_same(name: str) -> None:
+    rounds = client_rounds(1, 3)
+    start = {"a": torch.ones(3, 2), "b": torch.zeros(4)}
+    strategy = STRATEGIES.get(name)(EASY)
+    s1 = strategy.aggregate(strategy.aggregate(start, rounds[0]), rounds[1])
+    restored = STRATEGIES.get(name)(EASY)
+    restored.load_state_dict(deserialize(serialize(strategy.state_dict())))  # as a checkpoint would
+    assert restored.state_dict().keys() == strategy.state_dict().keys()
+    expected = strategy.aggregate(s1, rounds[2])
+    got = restored.aggregate(s1, rounds[2])
+    assert all(torch.equal(expected[k], got[k]) for k in expected)
+    fresh = STRATEGIES.get(name)(EASY)  # without the optimizer state the step differs
+    assert not torch.equal(fresh.aggregate(s1, rounds[2])["a"], got["a"])
 
 
 # --- median / trimmed mean / Krum ---------------------------------------------------------------
@@ -148,8 +188,8 @@ def test_robust_options_are_checked() -> None:
         build(ExperimentConfig, {"strategy": {"name": "trimmed_mean", "trim_fraction": 0.6}})
     with pytest.raises(ConfigError, match=r"strategy\.num_malicious = -1"):
         build(ExperimentConfig, {"strategy": {"name": "krum", "num_malicious": -1}})
-    with pytest.raises(ConfigError, match=r"strategy\.tau = 0\.0"):
-        build(ExperimentConfig, {"strategy": {"name": "fedyogi", "tau": 0}})
+    with pytest.raises(ConfigError, match=r"strategy\.eps = 0\.0"):
+        build(ExperimentConfig, {"strategy": {"name": "fedyogi", "eps": 0}})
 
 
 # --- identity ------------------------------------------------------------------------------------
@@ -168,7 +208,7 @@ def test_identical_states_aggregate_to_themselves(name: str, options: dict) -> N
 @pytest.mark.parametrize("name", NEW)
 def test_global_state_sent_back_stays_the_global_state(name: str) -> None:
     state = {"w": torch.randn(3, 4)}
-    options = {"num_malicious": 1} if name == "krum" else {}
+    options = {"krum": {"num_malicious": 1}, "dp_fedavg": {"noise_multiplier": 0.0}}.get(name, {})
     new = make(name, **options).aggregate(state, [(dict(state), n) for n in (1, 2, 3, 4, 9)])
     assert torch.equal(new["w"], state["w"])
 

@@ -5,6 +5,7 @@ from fedcustom.strategies import (  # noqa: F401  (register themselves)
     fedavg,
     fedopt,
     fedprox,
+    privacy,
     robust,
 )
 from fedcustom.strategies.base import STRATEGIES, Strategy, weighted_mean

@@ -1,0 +1,156 @@
+"""Client-level differential privacy: DP-FedAvg (McMahan et al., 2018, "Learning Differentially
+Private Recurrent Language Models"), central or local.
+
+Central (the default): each client's delta from the global state is clipped to L2 norm clip_norm,
+the clipped deltas are averaged with UNIFORM weights (an example count is the client's own data;
+weighting by it would give one client an unbounded share), and Gaussian noise with std
+noise_multiplier * clip_norm / clients is added to the mean. That is noise_multiplier times the
+sensitivity of the sum to adding or removing one client. The noisy mean then takes FedAvg's server
+step (server_lr, momentum), which is post-processing and costs no privacy.
+
+Local (local = true): every clipped delta gets its own noise, std noise_multiplier * clip_norm,
+so no single update is ever seen clean. In the simulation the strategy adds it per client before
+averaging, which gives the numbers clients adding it themselves would give (honest clients; the
+update checks in validation.py still see the clean updates). A deployment must add it on the
+client: `privatize` is the method-agnostic transform a client applies before sending.
+
+Accounting is opacus's RDP accountant: one Gaussian-mechanism step per aggregated round, sampled
+at sample_rate (central) or 1 (local: the server sees who took part, so sampling hides nothing),
+reported as epsilon for the configured delta in every round's record. Two approximations, as
+usual in practice: the accountant assumes Poisson sampling where the engine samples a fixed number
+of clients, and the mean divides by the clients that reported. Turn the norm screening off
+(federation.max_norm_factor = 0) for a clean guarantee: it drops updates by a data-dependent rule
+before the strategy sees them.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+
+from fedcustom.config import check, opt
+from fedcustom.strategies.base import STRATEGIES, ClientResult, State
+from fedcustom.strategies.fedavg import FedAvg, FedAvgOptions
+
+CENTRAL_STREAM = 0  # noise stream of the server's draw; client i of a round draws from stream i + 1
+
+
+def delta_of(global_state: State, state: State) -> State:
+    return {k: state[k].double() - g.double() for k, g in global_state.items()}
+
+
+def clip(delta: State, clip_norm: float) -> tuple[State, bool]:
+    """`delta` scaled to L2 norm at most clip_norm (over all tensors together); was it scaled?"""
+    norm = math.sqrt(sum(float((d * d).sum()) for d in delta.values()))
+    if norm <= clip_norm:
+        return delta, False
+    return {k: d * (clip_norm / norm) for k, d in delta.items()}, True
+
+
+def uniform_mean(deltas: list[State]) -> State:
+    return {k: sum(d[k] for d in deltas) / len(deltas) for k in deltas[0]}  # type: ignore[misc]
+
+
+def gaussian(like: State, std: float, seed: int, *stream: int) -> State:
+    """N(0, std^2) per entry, float64, reproducible from (seed, *stream).
+
+    Drawn in sorted key order: a state read back from a checkpoint lists its keys in another order
+    than the live one, and the draws must land on the same tensors after a resume."""
+    generator = torch.Generator().manual_seed(
+        int(np.random.SeedSequence([seed, *stream]).generate_state(1)[0]))
+    return {k: std * torch.randn(like[k].shape, generator=generator, dtype=torch.float64)
+            for k in sorted(like)}
+
+
+def privatize(global_state: State, state: State, clip_norm: float, noise_multiplier: float,
+              seed: int, *stream: int) -> State:
+    """Local DP for one client: its state with the delta clipped and noised (std z * clip_norm)."""
+    delta, _ = clip(delta_of(global_state, state), clip_norm)
+    noise = gaussian(delta, noise_multiplier * clip_norm, seed, *stream)
+    return {k: (g.double() + delta[k] + noise[k]).to(g.dtype) for k, g in global_state.items()}
+
+
+def epsilon(noise_multiplier: float, sample_rate: float, rounds: int, delta: float) -> float:
+    """Epsilon spent after `rounds` Gaussian-mechanism steps, from opacus's RDP accountant."""
+    from opacus.accountants import RDPAccountant  # slow import: only DP runs pay for it
+
+    accountant = RDPAccountant()
+    for _ in range(rounds):
+        accountant.step(noise_multiplier=noise_multiplier, sample_rate=sample_rate)
+    return float(accountant.get_epsilon(delta)) if rounds else 0.0
+
+
+@dataclass(frozen=True)
+class DPFedAvgOptions(FedAvgOptions):
+    clip_norm: float = opt(1.0, "each client's delta is scaled down to at most this L2 norm")
+    noise_multiplier: float = opt(
+        1.0, "z: Gaussian noise std is z * clip_norm / clients on the mean (central) or z * clip_norm "
+             "on each client's delta (local); 0 clips only and gives no guarantee")
+    delta: float = opt(1e-5, "delta of the (epsilon, delta) guarantee reported every round")
+    sample_rate: float = opt(1.0, "share of clients sampled per round, for the accountant (central): set it "
+                                  "to federation.fraction_fit; 1 never understates epsilon")
+    local: bool = opt(False, "local DP: each client's delta is noised on its own, not the mean")
+    seed: int = opt(0, "seed of the noise")
+
+    def __post_init__(self) -> None:
+        super().__post_init__()
+        check(self.clip_norm > 0, "clip_norm", "a number > 0")
+        check(self.noise_multiplier >= 0, "noise_multiplier", "a number >= 0")
+        check(0 < self.delta < 1, "delta", "a number in (0, 1)")
+        check(0 < self.sample_rate <= 1, "sample_rate", "a number in (0, 1]")
+        check(self.seed >= 0, "seed", "an integer >= 0")
+
+
+@STRATEGIES.register("dp_fedavg")
+class DPFedAvg(FedAvg):
+    summary = "client-level DP: clip each delta, uniform mean, Gaussian noise (central or local), epsilon"
+    Options = DPFedAvgOptions
+    options: DPFedAvgOptions
+
+    def __init__(self, options: DPFedAvgOptions) -> None:
+        super().__init__(options)
+        self.releases = 0  # noisy aggregates released so far: the accountant's step count
+        self.last: dict[str, Any] = {}
+
+    def aggregate(self, global_state: State, results: list[ClientResult]) -> State:
+        o, n = self.options, len(results)
+        if n == 0:
+            raise ValueError("cannot aggregate zero client results")
+        if o.local:  # what each client would send; the server only averages
+            z, c = o.noise_multiplier, o.clip_norm
+            sent = [privatize(global_state, state, c, z, o.seed, self.releases, i + 1)
+                    for i, (state, _) in enumerate(results)]
+            mean = uniform_mean([delta_of(global_state, state) for state in sent])
+            self.last = {"dp_noise_std": z * c / math.sqrt(n)}  # on the mean
+        else:
+            deltas, clipped = zip(*(clip(delta_of(global_state, state), o.clip_norm) for state, _ in results),
+                                  strict=True)
+            std = o.noise_multiplier * o.clip_norm / n
+            noise = gaussian(global_state, std, o.seed, self.releases, CENTRAL_STREAM)
+            mean = {k: m + noise[k] for k, m in uniform_mean(list(deltas)).items()}
+            # for tuning clip_norm; the count of clipped clients is itself not private
+            self.last = {"dp_clipped": sum(clipped), "dp_noise_std": std}
+        self.releases += 1
+        noisy = {k: (g.double() + mean[k]).to(g.dtype) for k, g in global_state.items()}
+        return super().aggregate(global_state, [(noisy, 1)])
+
+    def round_record(self) -> dict[str, Any]:
+        record, self.last = self.last, {}
+        o = self.options
+        if o.noise_multiplier > 0:
+            q = 1.0 if o.local else o.sample_rate
+            record["dp_epsilon"] = epsilon(o.noise_multiplier, q, self.releases, o.delta)
+            record["dp_delta"] = o.delta
+        return record
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return {**super().state_dict(), "dp.releases": torch.tensor(self.releases, dtype=torch.int64)}
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        state = dict(state)
+        self.releases = int(state.pop("dp.releases", torch.tensor(0)))
+        super().load_state_dict(state)
