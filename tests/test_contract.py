@@ -21,8 +21,10 @@ from fedcustom.training import train_local
 
 TEXTS = ["a warm and funny film", "dull", "the plot was tedious and the acting flat", "superb"]
 LABELS = [1, 0, 0, 1]
-# the weights contract; methods exchanging logits or scores have their own suites
-NAMES = [n for n in METHODS.names() if METHODS.get(n).exchange == "weights"]
+# the contract of gradient methods on an encoder: those exchanging logits or scores, or training
+# forward-only (their own fit), have their own suites
+NAMES = [n for n in METHODS.names()
+         if METHODS.get(n).exchange == "weights" and METHODS.get(n).fit is Method.fit]
 
 
 def prepared(model_dir: Path, name: str, seed: int) -> tuple[Classifier, object, Method]:

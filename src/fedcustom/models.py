@@ -88,6 +88,24 @@ def load_backbone(cfg: ModelConfig) -> tuple[nn.Module, Any]:
     return backbone, tokenizer
 
 
+def load_causal_lm(cfg: ModelConfig) -> tuple[nn.Module, Any]:
+    """A causal language model with its LM head, and its tokenizer (black-box prompt methods)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    source, kwargs = resolve(cfg.name)
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
+        lm = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32, **kwargs)
+    except (OSError, ValueError) as e:  # ValueError: the checkpoint is no causal LM (e.g. an encoder)
+        raise UserError(f"cannot load '{cfg.name}' as a causal LM: {str(e).splitlines()[0]}") from None
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return lm, tokenizer
+
+
 class Classifier(nn.Module):
     """Encoder -> pooled vector -> linear head. The encoder may be wrapped by a PEFT method."""
 

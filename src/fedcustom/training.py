@@ -22,6 +22,9 @@ class LocalResult:
     steps: int
     examples: int  # examples seen, epochs included
     seconds: float
+    # Model forward passes of the local work (examples x prompts scored): the cost of forward-only
+    # (black-box) methods. 0 where not counted; gradient methods' cost is their steps.
+    forward_passes: int = 0
 
 
 def lr_scale(cfg: TrainConfig, server_round: int, rounds: int) -> float:

@@ -7,6 +7,7 @@ from fedcustom.strategies import (  # noqa: F401  (register themselves)
     fedprox,
     privacy,
     robust,
+    search,
 )
 from fedcustom.strategies.base import STRATEGIES, Strategy, weighted_mean
 
