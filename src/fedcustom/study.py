@@ -203,7 +203,6 @@ def run_study(study: Study, output_dir: str | Path | None = None, log: Any = pri
                             "gives it; rename the study or delete that folder")
     out.mkdir(parents=True, exist_ok=True)
     atomic_write(out / "study.json", json.dumps(study.index(), indent=1) + "\n")
-    timings = read_timings(out)
     todo = [r for r in study.runs.values() if not r.done(out)]
     log(f"study {study.name}: {len(study.cells)} cells, {len(study.runs)} runs, "
         f"{len(study.runs) - len(todo)} already done -> {out}")
@@ -216,6 +215,7 @@ def run_study(study: Study, output_dir: str | Path | None = None, log: Any = pri
             resume_experiment(folder, log=quiet)
         else:
             run_experiment(run.config, log=quiet, into=folder)
+        timings = read_timings(out)  # re-read: another process may have finished other runs
         timings[run.id] = timings.get(run.id, 0.0) + time.perf_counter() - start
         atomic_write(out / "timings.json", json.dumps(timings, indent=1) + "\n")
         log(f"    done in {timings[run.id]:.0f} s")
