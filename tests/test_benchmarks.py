@@ -40,7 +40,9 @@ def load(out: Path, name: str) -> dict:
     assert machine["cpu_count"] >= 1 and machine["torch"] and machine["torch_threads"] == 1
     assert result["ratios"], "a benchmark reports ratios"
     for key, value in result["ratios"].items():
-        assert math.isfinite(value) and value > 0, key
+        assert math.isfinite(value), key
+        # memory growth per extra client is a slope near 0 (one shared model): noise may make it < 0
+        assert value > 0 or key.startswith("memory_per_extra_client"), key
     return result
 
 
