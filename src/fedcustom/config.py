@@ -114,9 +114,13 @@ class FederationConfig:
     max_norm_factor: float = opt(
         10.0, "reject a client update whose distance from the global state exceeds this many times "
               "the round's median distance (rounds with >= 3 valid updates; 0: off)")
+    min_clients: int = opt(
+        0, "a round in which fewer client updates arrive stops the run after its last checkpoint, to "
+           "be resumed (0: no minimum; a round nobody reports in keeps the global state)")
 
     def __post_init__(self) -> None:
         check(self.rounds >= 1, "rounds", "an integer >= 1")
+        check(self.min_clients >= 0, "min_clients", "an integer >= 0")
         check(0 < self.fraction_fit <= 1, "fraction_fit", "a number in (0, 1]")
         check(self.max_norm_factor == 0 or self.max_norm_factor >= 1, "max_norm_factor",
               "0 (off) or a number >= 1")
@@ -160,6 +164,20 @@ class FaultsConfig:
 
 
 @dataclass(frozen=True)
+class FlowerConfig:
+    """The Flower deployment engine (engine = "flower"): SuperNodes are the clients."""
+
+    connect_timeout: float = opt(120.0, "seconds the server waits at the start for every client's SuperNode")
+    round_timeout: float = opt(
+        600.0, "seconds the server waits for a round's replies; a client silent by then is recorded "
+               "as missing in that round")
+
+    def __post_init__(self) -> None:
+        check(self.connect_timeout > 0, "connect_timeout", "a number of seconds > 0")
+        check(self.round_timeout > 0, "round_timeout", "a number of seconds > 0")
+
+
+@dataclass(frozen=True)
 class ComponentSpec:
     """A registered component (method or strategy) by name, with its own options dataclass."""
 
@@ -187,6 +205,7 @@ class ExperimentConfig:
     federation: FederationConfig = field(default_factory=FederationConfig)
     attack: AttackConfig = field(default_factory=AttackConfig)
     faults: FaultsConfig = field(default_factory=FaultsConfig)
+    flower: FlowerConfig = field(default_factory=FlowerConfig)
 
     def __post_init__(self) -> None:
         check(bool(self.modes) and set(self.modes) <= set(MODES), "modes",
@@ -204,6 +223,10 @@ class ExperimentConfig:
         check(method.exchange in strategy.accepts, "strategy",
               f"a strategy that accepts '{method.exchange}' payloads "
               f"('{self.strategy.name}' accepts {sorted(strategy.accepts)})")
+        engine = ENGINES.get(self.engine)
+        check(method.exchange in engine.exchanges, "engine",
+              f"an engine that carries '{method.exchange}' payloads ('{self.engine}' carries "
+              f"{sorted(engine.exchanges)})")
         check(self.attack.kind == "none" or method.exchange == "weights", "attack",
               f"no attack: method '{self.method.name}' exchanges '{method.exchange}', attacks need 'weights'")
 

@@ -98,9 +98,10 @@ def execute(cfg: ExperimentConfig, resume_dir: Path | None, log: Any,
             out.update({f"{split}_{k}": v for k, v in metrics.items()})
         return out
 
-    engine = ENGINES.get(cfg.engine)()
-
     def run_mode(mode: str) -> ModeResult:
+        # The centralized baseline holds all training data in one place: it never federates, so it
+        # runs in process whatever engine the federated mode uses.
+        engine = ENGINES.get(cfg.engine if mode == "federated" else "simulation")()
         if mode == "federated":
             clients = [Client(i, rows) for i, rows in enumerate(parts)]
             strategy = STRATEGIES.get(cfg.strategy.name)(cfg.strategy.options)
@@ -127,7 +128,7 @@ def execute(cfg: ExperimentConfig, resume_dir: Path | None, log: Any,
         job = Job(model, method, strategy, clients, train, cfg.train, cfg.federation.rounds,
                   fraction, cfg.seed, evaluate, on_round, label=mode, start_round=start,
                   initial_state=state, max_norm_factor=cfg.federation.max_norm_factor, attack=attack,
-                  faults=faults)
+                  faults=faults, min_clients=cfg.federation.min_clients if mode == "federated" else 0)
         final = engine.run(job)
         writer.save_final(method, model, final)
         return ModeResult(mode, writer.path, writer.records)

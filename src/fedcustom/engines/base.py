@@ -1,12 +1,16 @@
 """The Engine interface: where clients run. An engine drives rounds of a Job and reports records.
 
 Engines know nothing of a method's internals: they move the method's state (as serialized
-payloads), call the shared training loop, and hand client results to the strategy.
+payloads), call the shared training loop, and hand client results to the strategy. The server's
+side of a round (sampling, faults, screening, aggregation, evaluation, the record) is one function,
+`run_rounds`, for every engine; an engine only says how a round's clients are reached
+(`train_clients`), and every client does its work through `client_update`.
 """
 
 from __future__ import annotations
 
 import resource
+import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -14,14 +18,18 @@ from typing import Any
 
 import numpy as np
 from torch import nn
+from tqdm.auto import tqdm
 
 from fedcustom.attacks import Attack
 from fedcustom.config import TrainConfig
 from fedcustom.data.batching import Encoded
 from fedcustom.faults import Faults
 from fedcustom.methods.base import Method, State
+from fedcustom.payload import deserialize, serialize
 from fedcustom.registry import Registry
 from fedcustom.strategies.base import Strategy
+from fedcustom.training import LocalResult, lr_scale
+from fedcustom.validation import screen_updates
 
 
 @dataclass(frozen=True)
@@ -58,6 +66,27 @@ class Job:
     max_norm_factor: float = 10.0  # see validation.screen_updates
     attack: Attack = field(default_factory=Attack.none)
     faults: Faults = field(default_factory=Faults.none)
+    min_clients: int = 0  # a round with fewer updates than this fails the run (0: no minimum)
+
+
+@dataclass
+class ClientOutcome:
+    """What the server got from one client in a round: an update, or the reason there is none."""
+
+    up: bytes | None = None  # the serialized update
+    local: LocalResult | None = None
+    examples: int = 0  # the weight of the update (the client's number of training examples)
+    error: str | None = None  # the client failed (its exception, as the client reported it)
+    exception: Exception | None = None  # the exception itself, where the client ran in process
+    missing: bool = False  # no answer in time (a dead node, a lost connection)
+
+
+# (server round, serialized global state, clients to train, client config) -> outcome per client
+TrainClients = Callable[[int, bytes, list[int], dict[str, Any]], dict[int, ClientOutcome]]
+
+
+class RoundFailed(RuntimeError):
+    """Too few clients answered a round; the run stops after its last checkpoint (resumable)."""
 
 
 def sample_clients(num_clients: int, fraction: float, seed: int, server_round: int) -> list[int]:
@@ -75,7 +104,87 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
 
+def client_update(job: Job, cid: int, state: State, server_round: int,
+                  client_config: dict[str, Any]) -> tuple[State, LocalResult]:
+    """Client `cid`'s work in a round, wherever it runs: load the global `state`, train with the
+    method (as a malicious or noisy client would, when the run simulates one), return its state."""
+    seed = client_seed(job.seed, server_round, cid)
+
+    def train(data: Encoded) -> tuple[State, LocalResult]:
+        job.method.set_state(job.model, state)
+        local = job.method.fit(job.model, data, job.clients[cid].rows, job.train, seed,
+                               progress=f"round {server_round} client {cid}", cid=cid, **client_config)
+        return job.method.get_state(job.model), local
+
+    return job.attack.client_update(cid, state, job.faults.training_data(cid, job.data), train)
+
+
+def run_rounds(job: Job, train_clients: TrainClients) -> State:
+    """The server's loop: rounds start_round+1 .. rounds, job.on_round after each; the final state."""
+    method, model = job.method, job.model
+    state = method.get_state(model) if job.initial_state is None else job.initial_state
+    method.set_state(model, state)
+    if job.start_round == 0:
+        job.on_round({"round": 0, **job.evaluate(model), **job.attack.describe(),
+                      **job.faults.describe()}, state)
+    rounds = tqdm(range(job.start_round + 1, job.rounds + 1), desc=job.label, unit="round",
+                  initial=job.start_round, total=job.rounds)
+    for server_round in rounds:
+        start = time.perf_counter()
+        sampled = sample_clients(len(job.clients), job.fraction_fit, job.seed, server_round)
+        down = serialize(state)
+        client_config = {**job.strategy.client_config(server_round),  # e.g. FedProx's prox_mu
+                         "lr_scale": lr_scale(job.train, server_round, job.rounds)}
+        on_time, dropped, late = job.faults.split(server_round, sampled)
+        outcomes = train_clients(server_round, down, sorted(on_time + late), client_config)
+        missing = [cid for cid, o in outcomes.items() if o.missing]
+        failed = {cid: o.error for cid, o in outcomes.items() if o.error is not None}
+        trained = {cid: o for cid, o in outcomes.items() if o.up is not None and o.local is not None}
+        updates = [(cid, deserialize(o.up), o.examples)  # type: ignore[arg-type]
+                   for cid, o in sorted(trained.items()) if cid not in late]
+        if outcomes and len(failed) == len(outcomes):  # a systematic error, not a client fault
+            first = next(o for o in outcomes.values() if o.error is not None)
+            raise first.exception or RoundFailed(f"round {server_round}: every client failed: {first.error}")
+        if len(updates) < job.min_clients:
+            raise RoundFailed(f"round {server_round}: {len(updates)} update(s) arrived, fewer than "
+                              f"federation.min_clients = {job.min_clients} (missing clients: {missing})")
+        accepted, rejected = screen_updates(state, updates, job.max_norm_factor)
+        rejected = sorted(rejected + [{"client": cid, "reason": f"client failed: {e}"}
+                                      for cid, e in failed.items()], key=lambda r: r["client"])
+        if accepted:  # otherwise the global state (and the strategy's own state) stays as it was
+            state = job.strategy.aggregate(state, accepted)
+        method.set_state(model, state)
+        metrics = job.evaluate(model)
+        reported = [trained[cid] for cid, _, _ in updates]
+        examples = sum(o.examples for o in reported)
+        record = {
+            "round": server_round,
+            **metrics,
+            # None: no update arrived
+            "train_loss": sum(o.local.loss * o.examples for o in reported) / examples  # type: ignore[union-attr]
+            if examples else None,
+            "clients": len(sampled),
+            "dropped": dropped,
+            "late": late,
+            "missing": missing,
+            "accepted": len(accepted),
+            "rejected": rejected,
+            "bytes_down": len(down) * len(sampled),
+            "bytes_up": sum(len(o.up) for o in reported),  # type: ignore[arg-type]
+            "client_seconds": sum(o.local.seconds for o in trained.values()),  # type: ignore[union-attr]
+            "round_seconds": time.perf_counter() - start,
+            "peak_rss_mb": peak_rss_mb(),
+            **job.strategy.round_record(),
+        }
+        rounds.set_postfix({k: round(v, 4) for k, v in metrics.items() if "accuracy" in k})
+        job.on_round(record, state)
+    return state
+
+
 class Engine(ABC):
+    # What the engine can carry between server and clients (see Method.exchange).
+    exchanges: frozenset[str] = frozenset({"weights", "logits", "scores", "none"})
+
     @abstractmethod
     def run(self, job: Job) -> State:
         """Run the rounds of `job`, calling job.on_round after each; return the final state."""
