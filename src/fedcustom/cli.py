@@ -8,8 +8,12 @@ import pkgutil
 import sys
 from importlib import resources
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from fedcustom.errors import UserError
+
+if TYPE_CHECKING:
+    from fedcustom.config import ExperimentConfig
 
 DEMO_CONFIG = "demo.toml"
 
@@ -20,9 +24,13 @@ def cmd_run(args: argparse.Namespace) -> None:
     if args.resume is not None:
         if args.config is not None or args.set:
             raise UserError("--resume takes no config file or --set: a run goes on with its saved config")
+        from fedcustom.engines import ENGINES
         from fedcustom.experiment import resume_experiment
 
-        resume_experiment(args.resume)
+        saved = Path(args.resume) / "config.toml"
+        cfg = load_config(saved) if saved.is_file() else None
+        if cfg is None or ENGINES.get(cfg.engine).launch(cfg, Path(args.resume)) is None:
+            resume_experiment(args.resume)  # which says so if it is no run folder
         return
     if args.config is None:
         raise UserError("run needs a config file (fedcustom run CONFIG.toml) or --resume RUN_DIR")
@@ -38,10 +46,12 @@ def cmd_demo(args: argparse.Namespace) -> None:
     run_and_summarize(cfg)
 
 
-def run_and_summarize(cfg: object) -> None:
+def run_and_summarize(cfg: ExperimentConfig) -> None:
+    from fedcustom.engines import ENGINES
     from fedcustom.experiment import run_experiment
 
-    run_experiment(cfg)  # type: ignore[arg-type]
+    if ENGINES.get(cfg.engine).launch(cfg) is None:  # an engine with its own server runs it there
+        run_experiment(cfg)
 
 
 def cmd_report(args: argparse.Namespace) -> None:

@@ -172,7 +172,15 @@ class FlowerConfig:
         600.0, "seconds the server waits for a round's replies; a client silent by then is recorded "
                "as missing in that round")
 
+    secure_aggregation: bool = opt(
+        False, "SecAgg+ (Flower's workflow): the server learns only the example-weighted mean of the "
+               "clients' deltas, never one client's update")
+    secagg_clip: float = opt(4.0, "secure aggregation clips every delta coordinate to +-this, then quantizes")
+    audit_dir: str = opt("", "folder where the server saves every tensor it receives from clients, to "
+                             "audit what it sees ('': off)")
+
     def __post_init__(self) -> None:
+        check(self.secagg_clip > 0, "secagg_clip", "a number > 0")
         check(self.connect_timeout > 0, "connect_timeout", "a number of seconds > 0")
         check(self.round_timeout > 0, "round_timeout", "a number of seconds > 0")
 
@@ -227,6 +235,13 @@ class ExperimentConfig:
         check(method.exchange in engine.exchanges, "engine",
               f"an engine that carries '{method.exchange}' payloads ('{self.engine}' carries "
               f"{sorted(engine.exchanges)})")
+        if self.flower.secure_aggregation:
+            check(self.engine.startswith("flower"), "flower.secure_aggregation",
+                  "false: secure aggregation runs on the Flower engines (engine = 'flower')")
+            check(strategy.uses_only_the_mean, "strategy",
+                  f"a strategy that needs only the clients' mean with secure aggregation "
+                  f"('{self.strategy.name}' needs each client's update)")
+            check(self.attack.kind == "none", "attack", "'none' with secure aggregation")
         check(self.attack.kind == "none" or method.exchange == "weights", "attack",
               f"no attack: method '{self.method.name}' exchanges '{method.exchange}', attacks need 'weights'")
 

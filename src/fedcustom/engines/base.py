@@ -14,6 +14,7 @@ import time
 from abc import ABC, abstractmethod
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -21,7 +22,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from fedcustom.attacks import Attack
-from fedcustom.config import TrainConfig
+from fedcustom.config import ExperimentConfig, TrainConfig
 from fedcustom.data.batching import Encoded
 from fedcustom.faults import Faults
 from fedcustom.methods.base import Method, State
@@ -79,6 +80,13 @@ class ClientOutcome:
     error: str | None = None  # the client failed (its exception, as the client reported it)
     exception: Exception | None = None  # the exception itself, where the client ran in process
     missing: bool = False  # no answer in time (a dead node, a lost connection)
+    sent: int | None = None  # bytes the client sent, where an engine measures them (else len(up))
+    summed: list[int] = field(default_factory=list)  # SECURE_SUM: the clients in the mean
+
+
+# The key of a securely aggregated update among a round's outcomes: the example-weighted mean of
+# the `summed` clients' states, none of which the server saw on its own.
+SECURE_SUM = -1
 
 
 # (server round, serialized global state, clients to train, client config) -> outcome per client
@@ -137,16 +145,20 @@ def run_rounds(job: Job, train_clients: TrainClients) -> State:
                          "lr_scale": lr_scale(job.train, server_round, job.rounds)}
         on_time, dropped, late = job.faults.split(server_round, sampled)
         outcomes = train_clients(server_round, down, sorted(on_time + late), client_config)
+        secure = outcomes.pop(SECURE_SUM, None)
         missing = [cid for cid, o in outcomes.items() if o.missing]
         failed = {cid: o.error for cid, o in outcomes.items() if o.error is not None}
-        trained = {cid: o for cid, o in outcomes.items() if o.up is not None and o.local is not None}
-        updates = [(cid, deserialize(o.up), o.examples)  # type: ignore[arg-type]
-                   for cid, o in sorted(trained.items()) if cid not in late]
+        trained = {cid: o for cid, o in outcomes.items() if o.local is not None}
+        reported = {cid: o for cid, o in sorted(trained.items()) if cid not in late}
+        updates = [(cid, deserialize(o.up), o.examples) for cid, o in reported.items() if o.up is not None]
+        if secure is not None:  # the clients' updates arrived only as their mean
+            updates = [(SECURE_SUM, deserialize(secure.up), secure.examples)]  # type: ignore[arg-type]
+        arrived = len(secure.summed) if secure is not None else len(updates)
         if outcomes and len(failed) == len(outcomes):  # a systematic error, not a client fault
             first = next(o for o in outcomes.values() if o.error is not None)
             raise first.exception or RoundFailed(f"round {server_round}: every client failed: {first.error}")
-        if len(updates) < job.min_clients:
-            raise RoundFailed(f"round {server_round}: {len(updates)} update(s) arrived, fewer than "
+        if arrived < job.min_clients:
+            raise RoundFailed(f"round {server_round}: {arrived} update(s) arrived, fewer than "
                               f"federation.min_clients = {job.min_clients} (missing clients: {missing})")
         accepted, rejected = screen_updates(state, updates, job.max_norm_factor)
         rejected = sorted(rejected + [{"client": cid, "reason": f"client failed: {e}"}
@@ -155,23 +167,23 @@ def run_rounds(job: Job, train_clients: TrainClients) -> State:
             state = job.strategy.aggregate(state, accepted)
         method.set_state(model, state)
         metrics = job.evaluate(model)
-        reported = [trained[cid] for cid, _, _ in updates]
-        examples = sum(o.examples for o in reported)
+        examples = sum(o.examples for o in reported.values())
         record = {
             "round": server_round,
             **metrics,
             # None: no update arrived
-            "train_loss": sum(o.local.loss * o.examples for o in reported) / examples  # type: ignore[union-attr]
+            "train_loss": sum(o.local.loss * o.examples for o in reported.values()) / examples  # type: ignore[union-attr]
             if examples else None,
             "clients": len(sampled),
             "dropped": dropped,
             "late": late,
             "missing": missing,
-            "accepted": len(accepted),
+            "accepted": arrived if secure is not None and accepted else len(accepted),
             "rejected": rejected,
             "bytes_down": len(down) * len(sampled),
-            "bytes_up": sum(len(o.up) for o in reported),  # type: ignore[arg-type]
+            "bytes_up": sum(o.sent if o.sent is not None else len(o.up or b"") for o in reported.values()),
             "client_seconds": sum(o.local.seconds for o in trained.values()),  # type: ignore[union-attr]
+            **({"secure_aggregation": secure.summed} if secure is not None else {}),
             "round_seconds": time.perf_counter() - start,
             "peak_rss_mb": peak_rss_mb(),
             **job.strategy.round_record(),
@@ -184,6 +196,12 @@ def run_rounds(job: Job, train_clients: TrainClients) -> State:
 class Engine(ABC):
     # What the engine can carry between server and clients (see Method.exchange).
     exchanges: frozenset[str] = frozenset({"weights", "logits", "scores", "none"})
+
+    @classmethod
+    def launch(cls, cfg: ExperimentConfig, resume_dir: Path | None = None) -> Path | None:
+        """Run a whole experiment from the command line where the engine's server does not live in
+        this process (it starts its own). None: run it here (experiment.run_experiment)."""
+        return None
 
     @abstractmethod
     def run(self, job: Job) -> State:

@@ -27,11 +27,12 @@ from pathlib import Path
 
 import tomli_w
 
+from fedcustom.config import ExperimentConfig
 from fedcustom.errors import UserError
 
 APP_ID = "fedcustom"
 SERVER_APP = "fedcustom.engines.flower:server_app"
-CLIENT_APP = "fedcustom.engines.flower:client_app"
+CLIENT_APP = "fedcustom.engines.flower_client:client_app"
 
 
 def flower_bin(name: str) -> str:
@@ -54,20 +55,24 @@ def flower_env(flwr_home: Path) -> dict[str, str]:
 
 @dataclass(frozen=True)
 class Security:
-    """TLS and node authentication. Secure by default: `insecure` must be asked for."""
+    """TLS for every connection. Secure by default: running without it must be asked for.
+
+    `certificates` is a folder made by `fedcustom flower certificates`: the SuperLink needs all of
+    it (ca.crt, server.pem, server.key); SuperNodes and submitters only ca.crt."""
 
     insecure: bool = False
-    certificates: Path | None = None  # a folder made by `fedcustom flower certificates`
+    certificates: Path | None = None
 
-    def check(self) -> None:
+    def check(self, server: bool = False) -> Security:
         if self.insecure:
-            return
+            return self
         if self.certificates is None:
             raise UserError("TLS needs --certificates DIR (made by `fedcustom flower certificates`); "
                             "--insecure runs without TLS (local tests only)")
-        for name in ("ca.crt", "server.pem", "server.key"):
+        for name in ("ca.crt", "server.pem", "server.key") if server else ("ca.crt",):
             if not (self.certificates / name).is_file():
                 raise UserError(f"{self.certificates}/{name} not found: run `fedcustom flower certificates`")
+        return self
 
     @property
     def ca(self) -> str:
@@ -102,6 +107,18 @@ def supernode_command(superlink: str, client_id: int, security: Security, port: 
     if auth_key is not None:
         cmd += ["--auth-supernode-private-key", str(auth_key)]
     return cmd
+
+
+def register_node(public_key: Path, superlink: str, security: Security,
+                  flwr_home: Path | None = None) -> None:
+    """Admit a SuperNode's public key at a SuperLink started with node authentication."""
+    with tempfile.TemporaryDirectory(prefix="fedcustom-flwr-") as tmp:
+        home = flwr_home or Path(tmp)
+        write_connection(home, superlink, security)
+        proc = subprocess.run([flower_bin("flwr"), "supernode", "register", str(public_key), "fedcustom"],
+                              env=flower_env(home), capture_output=True, text=True, timeout=120, check=False)
+    if proc.returncode != 0:
+        raise UserError(f"registering {public_key} failed: {(proc.stdout + proc.stderr).strip()[-300:]}")
 
 
 def write_app(folder: Path, config_text: str, run_dir: Path, resume: bool) -> Path:
@@ -169,6 +186,7 @@ class LocalDeployment:
     num_clients: int
     workdir: Path
     security: Security = field(default_factory=lambda: Security(insecure=True))
+    node_auth: bool = False  # admit only SuperNodes whose keys were registered
     processes: dict[str, subprocess.Popen] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -185,14 +203,21 @@ class LocalDeployment:
         return proc
 
     def start(self) -> LocalDeployment:
-        self.spawn("superlink", superlink_command(self.port, "127.0.0.1", self.security))
+        self.spawn("superlink", superlink_command(self.port, "127.0.0.1", self.security, self.node_auth))
         self.wait_for_port()
         for cid in range(self.num_clients):
             self.start_supernode(cid)
         return self
 
     def start_supernode(self, cid: int) -> None:
-        self.spawn(f"supernode-{cid}", supernode_command(self.superlink, cid, self.security, free_port()))
+        key = None
+        if self.node_auth:
+            from fedcustom.engines.credentials import make_node_key
+
+            key, public = make_node_key(self.workdir / "keys", f"client-{cid}")
+            register_node(public, self.superlink, self.security, self.home)
+        self.spawn(f"supernode-{cid}", supernode_command(self.superlink, cid, self.security, free_port(),
+                                                         auth_key=key))
 
     def wait_for_port(self, timeout: float = 60.0) -> None:
         deadline = time.monotonic() + timeout
@@ -206,8 +231,16 @@ class LocalDeployment:
         raise RuntimeError(f"flower-superlink did not open port {self.port} in {timeout:.0f} s")
 
     def kill(self, name: str) -> None:
-        """SIGKILL a process and everything it started (its ClientApp or ServerApp subprocess)."""
+        """SIGKILL a process and everything it started: Flower starts its SuperExec, ServerApp and
+        ClientApp processes detached, so they are found as descendants, not by process group."""
+        import psutil
+
         proc = self.processes.pop(name)
+        with contextlib.suppress(psutil.NoSuchProcess):
+            family = [psutil.Process(proc.pid), *psutil.Process(proc.pid).children(recursive=True)]
+            for member in family:
+                with contextlib.suppress(psutil.NoSuchProcess):
+                    member.kill()
         with contextlib.suppress(ProcessLookupError):
             os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
@@ -225,3 +258,21 @@ class LocalDeployment:
 
     def __exit__(self, *exc: object) -> None:
         self.stop()
+
+
+def run_local(cfg: ExperimentConfig, resume_dir: Path | None = None) -> Path:
+    """`fedcustom run` with engine = "flower": the whole federation on this machine (loopback, one
+    SuperNode per client), the run folder written as by the in-process engine."""
+    from fedcustom.config import dumps
+    from fedcustom.results import new_run_dir
+
+    run_dir = resume_dir or new_run_dir(cfg.output_dir, cfg.name)
+    with tempfile.TemporaryDirectory(prefix="fedcustom-flower-") as tmp, \
+            LocalDeployment(cfg.partition.num_clients, Path(tmp)) as federation:
+        print(f"flower: SuperLink on {federation.superlink}, {cfg.partition.num_clients} SuperNodes "
+              f"(logs in {tmp} while it runs)", flush=True)
+        status = federation.submit(dumps(cfg), run_dir, resume=resume_dir is not None)
+    if status != "finished:completed":
+        raise UserError(f"the Flower run ended as '{status}'; what was done is in {run_dir} "
+                        f"(fedcustom run --resume {run_dir} goes on from its last checkpoint)")
+    return run_dir

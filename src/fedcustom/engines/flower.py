@@ -3,37 +3,34 @@ SuperNode that holds its own data.
 
 `server_app` runs the whole experiment (data for evaluation, checkpoints, records, the strategy)
 in the ServerApp process on the SuperLink's host; its federated mode uses `FlowerEngine`, which
-reaches a round's clients through Flower's Grid. `client_app` runs on each SuperNode: it builds
-the model from the experiment config the server sends, reads its own data (a file named in the
-node config, or its partition of the configured dataset for trials on one machine) and does the
-same `client_update` as an in-process client, so both engines give the same numbers.
+reaches a round's clients through Flower's Grid. `client_app` (flower_client.py) runs on each
+SuperNode and does the same `client_update` as an in-process client, so both engines give the
+same numbers.
 
 Payloads travel as Flower ArrayRecords (the method's tensors, no pickle); the bytes recorded are
-the same safetensors sizes as in simulation. A client that does not answer within
-`flower.round_timeout` (a killed SuperNode) is recorded as missing and the round goes on without
-it, unless fewer than `federation.min_clients` updates arrived.
+the same safetensors sizes as in simulation (with secure aggregation: the serialized size of each
+client's replies). A client that does not answer within `flower.round_timeout` (a killed
+SuperNode) is recorded as missing and the round goes on without it, unless fewer than
+`federation.min_clients` updates arrived.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import time
 from contextvars import ContextVar
 from dataclasses import dataclass
-from functools import cache
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-import torch
-from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
-from flwr.clientapp import ClientApp
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
 from flwr.common.constant import ErrorCode
 from flwr.serverapp import Grid, ServerApp
 
-from fedcustom.config import ExperimentConfig, build
-from fedcustom.engines.base import ENGINES, Client, ClientOutcome, Engine, Job, client_update, run_rounds
+from fedcustom.config import ExperimentConfig
+from fedcustom.engines.base import ENGINES, SECURE_SUM, ClientOutcome, Engine, Job, run_rounds
+from fedcustom.engines.flower_client import client_app, config_from_text
+from fedcustom.engines.secagg import AuditedGrid, secure_round
 from fedcustom.errors import UserError
 from fedcustom.methods.base import State
 from fedcustom.payload import deserialize, serialize
@@ -41,13 +38,7 @@ from fedcustom.training import LocalResult
 
 # Reply errors that mean "no answer from this node", as opposed to the client failing.
 UNREACHABLE = {ErrorCode.NODE_UNAVAILABLE, ErrorCode.MESSAGE_UNAVAILABLE, ErrorCode.REPLY_MESSAGE_UNAVAILABLE}
-NODE_CLIENT_ID, NODE_DATA_PATH = "client-id", "data-path"
-
-
-def config_from_text(text: str) -> ExperimentConfig:
-    import tomllib
-
-    return build(ExperimentConfig, tomllib.loads(text))
+__all__ = ["FlowerEngine", "FlowerSimulationEngine", "client_app", "server_app"]
 
 
 # --- server side --------------------------------------------------------------------------------
@@ -57,6 +48,7 @@ class Deployment:
     """What the ServerApp hands the engine: Flower's grid and the config text clients rebuild from."""
 
     grid: Grid
+    context: Context
     config_text: str
     label_names: list[str]
 
@@ -70,6 +62,15 @@ class FlowerEngine(Engine):
     # (distillation) or exchange no tensors are in-process only for now.
     exchanges = frozenset({"weights"})
 
+    @classmethod
+    def launch(cls, cfg: ExperimentConfig, resume_dir: Path | None = None) -> Path | None:
+        """From `fedcustom run`: a whole federation on this machine (see deploy.run_local)."""
+        if CURRENT.get() is not None:
+            return None  # already inside the ServerApp
+        from fedcustom.engines.deploy import run_local
+
+        return run_local(cfg, resume_dir)
+
     def __init__(self) -> None:
         deployment = CURRENT.get()
         if deployment is None:
@@ -77,6 +78,7 @@ class FlowerEngine(Engine):
                             "`fedcustom run` (a local deployment) or `fedcustom flower submit`")
         self.deployment = deployment
         self.cfg = config_from_text(deployment.config_text)
+        self.grid = AuditedGrid(deployment.grid, self.cfg.flower.audit_dir)
         self.nodes: dict[int, int] = {}  # client id -> Flower node id
 
     def message(self, node: int, kind: str, config: dict[str, Any], arrays: State | None = None) -> Message:
@@ -89,7 +91,7 @@ class FlowerEngine(Engine):
 
     def discover(self, num_clients: int, wait: float) -> None:
         """Map client ids to SuperNodes: ask every node not yet known which client it is."""
-        grid, deadline = self.deployment.grid, time.monotonic() + wait
+        grid, deadline = self.grid, time.monotonic() + wait
         while True:
             unknown = [n for n in grid.get_node_ids() if n not in self.nodes.values()]
             if unknown:
@@ -118,26 +120,89 @@ class FlowerEngine(Engine):
             if len(self.nodes) < len(job.clients):
                 self.discover(len(job.clients), 0)  # a restarted SuperNode comes back here
             state = deserialize(down)
+            if self.cfg.flower.secure_aggregation:
+                return self.secure_round(job, server_round, state, cids, client_config)
             outcomes = {cid: ClientOutcome(missing=True) for cid in cids}
-            messages = [self.message(self.nodes[cid], "train",
-                                     {"server-round": server_round, "client-id": cid, **client_config}, state)
-                        for cid in cids if cid in self.nodes]
-            by_node = {node: cid for cid, node in self.nodes.items()}
-            replies = self.deployment.grid.send_and_receive(messages, timeout=self.cfg.flower.round_timeout)
+            sent = {cid: self.message(self.nodes[cid], "train",
+                                      {"server-round": server_round, "client-id": cid, **client_config},
+                                      state)
+                    for cid in cids if cid in self.nodes}
+            replies = self.grid.send_and_receive(list(sent.values()), timeout=self.cfg.flower.round_timeout)
+            # Replies name the message they answer (an error made by the SuperLink for a dead node
+            # comes from the SuperLink, not from the node); sending gave each message its id.
+            by_message = {msg.metadata.message_id: cid for cid, msg in sent.items()}
             for reply in replies:
-                cid = by_node[reply.metadata.src_node_id]
+                cid = by_message[reply.metadata.reply_to_message_id]
                 if reply.has_error():
                     if reply.error.code not in UNREACHABLE:
                         outcomes[cid] = ClientOutcome(error=reply.error.reason)
                     continue
                 metrics = reply.content["metrics"]
-                local = LocalResult(float(metrics["loss"]), int(metrics["steps"]), int(metrics["examples"]),
-                                    float(metrics["seconds"]), int(metrics["forward-passes"]))
                 update = dict(reply.content["arrays"].to_torch_state_dict())
-                outcomes[cid] = ClientOutcome(serialize(update), local, int(metrics["num-examples"]))
+                outcomes[cid] = ClientOutcome(serialize(update), local_result(metrics),
+                                              int(metrics["num-examples"]))
             return outcomes
 
         return run_rounds(job, train_clients)
+
+    def secure_round(self, job: Job, server_round: int, state: State, cids: list[int],
+                     client_config: dict[str, Any]) -> dict[int, ClientOutcome]:
+        """SecAgg+: per client only metrics; the update is the mean of all (see secagg.py)."""
+        config = {"experiment": self.deployment.config_text,
+                  "label-names": json.dumps(self.deployment.label_names),
+                  "server-round": server_round, **client_config}
+        max_weight = max(len(c.rows) for c in job.clients)  # the largest client's share: full precision
+        self.grid.sent.clear()
+        flower = self.cfg.flower
+        mean_delta, fitres = secure_round(self.grid, self.deployment.context, self.nodes, cids, state, config,
+                                          max_weight, flower.secagg_clip, flower.round_timeout)
+        outcomes = {cid: ClientOutcome(missing=True) for cid in cids}
+        for cid, res in fitres.items():
+            outcomes[cid] = ClientOutcome(None, local_result(res.metrics), res.num_examples,
+                                          sent=self.grid.sent.get(self.nodes[cid], 0))
+        if mean_delta is not None:
+            mean = {k: state[k] + mean_delta[k] for k in state}
+            examples = sum(r.num_examples for r in fitres.values())
+            outcomes[SECURE_SUM] = ClientOutcome(serialize(mean), None, examples, summed=sorted(fitres))
+        return outcomes
+
+
+def local_result(metrics: Any) -> LocalResult:
+    return LocalResult(float(metrics["loss"]), int(metrics["steps"]), int(metrics["examples"]),
+                       float(metrics["seconds"]), int(metrics["forward-passes"]))
+
+
+# Flower's simulation engine passes the ServerApp no run config: its launcher leaves it here.
+SIMULATION_RUN: dict[str, Any] = {}
+
+
+@ENGINES.register("flower-simulation")
+class FlowerSimulationEngine(FlowerEngine):
+    """Flower's simulation engine (Ray): the same ServerApp and ClientApp as a deployment, each
+    client a virtual SuperNode served by Ray actors on this machine (one CPU each). For
+    comparisons with Flower's own runtime; the in-process engine is the fast one."""
+
+    @classmethod
+    def launch(cls, cfg: ExperimentConfig, resume_dir: Path | None = None) -> Path | None:
+        if CURRENT.get() is not None:
+            return None
+        from flwr.simulation import run_simulation
+
+        from fedcustom.config import dumps
+        from fedcustom.results import new_run_dir
+
+        run_dir = resume_dir or new_run_dir(cfg.output_dir, cfg.name)
+        SIMULATION_RUN.update({"experiment": dumps(cfg), "run-dir": str(run_dir),
+                               "resume": resume_dir is not None})
+        try:
+            run_simulation(server_app, client_app, num_supernodes=cfg.partition.num_clients,
+                           backend_config={"client_resources": {"num_cpus": 1, "num_gpus": 0.0},
+                                           "init_args": {"num_cpus": 1}})
+        finally:
+            SIMULATION_RUN.clear()
+        if not (run_dir / "summary.txt").is_file():
+            raise UserError(f"the Flower simulation did not finish; what was done is in {run_dir}")
+        return run_dir
 
 
 server_app = ServerApp()
@@ -150,13 +215,16 @@ def server_main(grid: Grid, context: Context) -> None:
     from fedcustom.data import load_task_data
     from fedcustom.experiment import execute
 
-    run_dir, text = Path(str(context.run_config["run-dir"])), str(context.run_config["experiment"])
-    resume = bool(context.run_config.get("resume", False)) and (run_dir / "config.toml").is_file()
+    settings = dict(context.run_config) or SIMULATION_RUN
+    run_dir, text = Path(str(settings["run-dir"])), str(settings["experiment"])
+    resume = bool(settings.get("resume", False))
     if resume:
+        if not (run_dir / "config.toml").is_file():
+            raise UserError(f"resume: {run_dir} on the SuperLink's host is not a fedcustom run folder")
         text = (run_dir / "config.toml").read_text()  # a run goes on with its saved config
     cfg = config_from_text(text)
     labels = load_task_data(cfg.data).label_names
-    token = CURRENT.set(Deployment(grid, text, labels))
+    token = CURRENT.set(Deployment(grid, context, text, labels))
     try:
         execute(cfg, run_dir if resume else None, lambda *a: print(*a, flush=True), None,
                 into=None if resume else run_dir)
@@ -164,78 +232,3 @@ def server_main(grid: Grid, context: Context) -> None:
         CURRENT.reset(token)
 
 
-# --- client side --------------------------------------------------------------------------------
-
-@cache
-def client_job(config_text: str, label_names_json: str, cid: int, data_path: str) -> Job:
-    """The client's side of the experiment, built once per SuperNode process and config: the
-    prepared model, the training data and this client's rows. With a data path, the client trains
-    on every row of its own file; otherwise on its partition of the configured dataset, exactly
-    the rows the in-process engine gives client `cid`."""
-    from fedcustom.attacks import Attack
-    from fedcustom.data import load_task_data, partition_indices
-    from fedcustom.data.batching import encode
-    from fedcustom.data.datasets import load_user_data
-    from fedcustom.faults import Faults
-    from fedcustom.methods import METHODS
-    from fedcustom.strategies.fedavg import FedAvg, FedAvgOptions
-
-    cfg = config_from_text(config_text)
-    label_names = json.loads(label_names_json)
-    torch.set_num_threads(cfg.threads or os.cpu_count() or 1)
-    method = METHODS.get(cfg.method.name)(cfg.method.options)
-    model, tokenizer = method.build_model(cfg.model, len(label_names), cfg.seed)
-    method.prepare(model)
-    rows_by_client = [np.array([], dtype=np.int64)] * cfg.partition.num_clients
-    if data_path:
-        table = load_user_data(Path(data_path), cfg.data.text_column, cfg.data.label_column)
-        unknown = sorted(set(table.label_names) - set(label_names))
-        if unknown:
-            raise UserError(f"{data_path}: labels {unknown} are not among the federation's {label_names}")
-        labels = [label_names.index(table.label_names[i]) for i in table.labels]
-        data = encode(table.texts, labels, tokenizer, cfg.model.max_length)
-        rows_by_client[cid] = np.arange(len(labels))
-    else:
-        train = load_task_data(cfg.data).train
-        rows_by_client = partition_indices(train, cfg.partition, cfg.seed)
-        data = encode(train["text"], train["label"], tokenizer, cfg.model.max_length)
-    clients = [Client(i, rows) for i, rows in enumerate(rows_by_client)]
-    attack = Attack.from_config(cfg.attack, len(clients), len(label_names), cfg.seed)
-    faults = Faults(cfg.faults, len(clients), len(label_names), cfg.seed)
-    return Job(model, method, FedAvg(FedAvgOptions()), clients, data, cfg.train, cfg.federation.rounds,
-               cfg.federation.fraction_fit, cfg.seed, lambda _m: {}, lambda _r, _s: None,
-               attack=attack, faults=faults)
-
-
-def node_job(msg: Message, context: Context) -> tuple[Job, int]:
-    config = msg.content["config"]
-    if NODE_CLIENT_ID not in context.node_config:
-        raise UserError(f"this SuperNode has no '{NODE_CLIENT_ID}' in its node config")
-    cid = int(context.node_config[NODE_CLIENT_ID])
-    data_path = str(context.node_config.get(NODE_DATA_PATH, ""))
-    return client_job(str(config["experiment"]), str(config["label-names"]), cid, data_path), cid
-
-
-client_app = ClientApp()
-
-
-@client_app.query()
-def client_query(msg: Message, context: Context) -> Message:
-    job, cid = node_job(msg, context)
-    metrics = MetricRecord({"client-id": cid, "num-examples": len(job.clients[cid].rows)})
-    return Message(RecordDict({"metrics": metrics}), reply_to=msg)
-
-
-@client_app.train()
-def client_train(msg: Message, context: Context) -> Message:
-    job, cid = node_job(msg, context)
-    config = dict(msg.content["config"])
-    server_round = int(config.pop("server-round"))
-    for key in ("experiment", "label-names", "client-id"):
-        config.pop(key)
-    state = dict(msg.content["arrays"].to_torch_state_dict())
-    update, local = client_update(job, cid, state, server_round, config)
-    metrics = MetricRecord({"num-examples": len(job.clients[cid].rows), "loss": local.loss,
-                            "steps": local.steps, "examples": local.examples, "seconds": local.seconds,
-                            "forward-passes": local.forward_passes})
-    return Message(RecordDict({"arrays": ArrayRecord(update), "metrics": metrics}), reply_to=msg)

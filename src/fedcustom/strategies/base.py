@@ -21,6 +21,9 @@ class Strategy(ABC):
     name: ClassVar[str]  # set by the registry from the registered name
     summary: ClassVar[str]
     accepts: ClassVar[frozenset[str]] = frozenset({"weights"})
+    # True where the result depends on the clients' updates only through their example-weighted
+    # mean, so it can run on a securely aggregated mean (secure aggregation hides the rest).
+    uses_only_the_mean: ClassVar[bool] = False
     Options: ClassVar[type]
 
     def __init__(self, options: object) -> None:

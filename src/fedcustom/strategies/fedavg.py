@@ -28,6 +28,7 @@ class FedAvgOptions:
 @STRATEGIES.register("fedavg")
 class FedAvg(Strategy):
     summary = "example-weighted average of client states; server lr and momentum (FedAvgM)"
+    uses_only_the_mean = True
     Options = FedAvgOptions
     options: FedAvgOptions
 

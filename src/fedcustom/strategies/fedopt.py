@@ -69,6 +69,8 @@ class Yogi(torch.optim.Optimizer):
 class FedOpt(Strategy):
     """One torch optimizer over copies of the global tensors, stepped once per round."""
 
+    uses_only_the_mean = True
+
     Options = FedOptOptions
     options: FedOptOptions
 

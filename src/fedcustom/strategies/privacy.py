@@ -108,6 +108,7 @@ class DPFedAvgOptions(FedAvgOptions):
 @STRATEGIES.register("dp_fedavg")
 class DPFedAvg(FedAvg):
     summary = "client-level DP: clip each delta, uniform mean, Gaussian noise (central or local), epsilon"
+    uses_only_the_mean = False  # it clips every client's delta
     Options = DPFedAvgOptions
     options: DPFedAvgOptions
 

@@ -1,0 +1,130 @@
+"""The ClientApp of the Flower engines: one client site's side of a round.
+
+Each message runs in a fresh ClientApp process on a SuperNode (Flower's isolation; a Ray actor in
+Flower's simulation, which keeps the process). The client rebuilds the model from the experiment
+config the server sends, reads its own data (a file named in its node config, or its partition of
+the configured dataset for trials on one machine) and does the same `client_update` as an
+in-process client. In a secure round (SecAgg+), Flower's mod masks the delta it returns.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from functools import lru_cache
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import tomllib
+import torch
+from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
+from flwr.clientapp import ClientApp
+
+from fedcustom.config import ExperimentConfig, build
+from fedcustom.engines.base import Client, Job, client_update
+from fedcustom.engines.secagg import (
+    is_secure_fit,
+    read_secure_config,
+    read_secure_state,
+    secagg_when_asked,
+    secure_fit_reply,
+)
+from fedcustom.errors import UserError
+
+NODE_CLIENT_ID, NODE_DATA_PATH = "client-id", "data-path"
+
+
+def config_from_text(text: str) -> ExperimentConfig:
+    return build(ExperimentConfig, tomllib.loads(text))
+
+
+
+@lru_cache(maxsize=1)  # a long-lived client process (a Ray actor) keeps one model, for all its clients
+def client_job(config_text: str, label_names_json: str, data_path: str, cid: int) -> Job:
+    """The client's side of the experiment, built once per client process and config: the
+    prepared model, the training data and the clients' rows. With a data path, client `cid` trains
+    on every row of its own file; otherwise every client has its partition of the configured
+    dataset, exactly the rows the in-process engine gives it (pass cid = -1: the job serves all)."""
+    from fedcustom.attacks import Attack
+    from fedcustom.data import load_task_data, partition_indices
+    from fedcustom.data.batching import encode
+    from fedcustom.data.datasets import load_user_data
+    from fedcustom.faults import Faults
+    from fedcustom.methods import METHODS
+    from fedcustom.strategies.fedavg import FedAvg, FedAvgOptions
+
+    cfg = config_from_text(config_text)
+    label_names = json.loads(label_names_json)
+    torch.set_num_threads(cfg.threads or os.cpu_count() or 1)
+    method = METHODS.get(cfg.method.name)(cfg.method.options)
+    model, tokenizer = method.build_model(cfg.model, len(label_names), cfg.seed)
+    method.prepare(model)
+    rows_by_client = [np.array([], dtype=np.int64)] * cfg.partition.num_clients
+    if data_path:
+        table = load_user_data(Path(data_path), cfg.data.text_column, cfg.data.label_column)
+        unknown = sorted(set(table.label_names) - set(label_names))
+        if unknown:
+            raise UserError(f"{data_path}: labels {unknown} are not among the federation's {label_names}")
+        labels = [label_names.index(table.label_names[i]) for i in table.labels]
+        data = encode(table.texts, labels, tokenizer, cfg.model.max_length)
+        rows_by_client[cid] = np.arange(len(labels))
+    else:
+        train = load_task_data(cfg.data).train
+        rows_by_client = partition_indices(train, cfg.partition, cfg.seed)
+        data = encode(train["text"], train["label"], tokenizer, cfg.model.max_length)
+    clients = [Client(i, rows) for i, rows in enumerate(rows_by_client)]
+    attack = Attack.from_config(cfg.attack, len(clients), len(label_names), cfg.seed)
+    faults = Faults(cfg.faults, len(clients), len(label_names), cfg.seed)
+    return Job(model, method, FedAvg(FedAvgOptions()), clients, data, cfg.train, cfg.federation.rounds,
+               cfg.federation.fraction_fit, cfg.seed, lambda _m: {}, lambda _r, _s: None,
+               attack=attack, faults=faults)
+
+
+def node_client_id(context: Context) -> int:
+    """A SuperNode's client number: `client-id` in its node config (Flower's simulation engine
+    numbers its virtual nodes by `partition-id`)."""
+    for key in (NODE_CLIENT_ID, "partition-id"):
+        if key in context.node_config:
+            return int(context.node_config[key])
+    raise UserError(f"this SuperNode has no '{NODE_CLIENT_ID}' in its node config")
+
+
+def node_job(config: dict[str, Any], context: Context) -> tuple[Job, int]:
+    cid = node_client_id(context)
+    data_path = str(context.node_config.get(NODE_DATA_PATH, ""))
+    text, labels = str(config["experiment"]), str(config["label-names"])
+    return client_job(text, labels, data_path, cid if data_path else -1), cid
+
+
+client_app = ClientApp(mods=[secagg_when_asked])
+
+
+@client_app.query()
+def client_query(msg: Message, context: Context) -> Message:
+    """Which client this SuperNode is: read from its node config, nothing loaded (each message
+    runs in a fresh ClientApp process)."""
+    metrics = MetricRecord({"client-id": node_client_id(context)})
+    return Message(RecordDict({"metrics": metrics}), reply_to=msg)
+
+
+@client_app.train()
+def client_train(msg: Message, context: Context) -> Message:
+    secure = is_secure_fit(msg)
+    config = read_secure_config(msg) if secure else dict(msg.content["config"])
+    job, cid = node_job(config, context)
+    server_round = int(config.pop("server-round"))
+    for key in ("experiment", "label-names", "client-id"):
+        config.pop(key, None)
+    if secure:
+        state = read_secure_state(msg, job.method.get_state(job.model))
+    else:
+        state = dict(msg.content["arrays"].to_torch_state_dict())
+    update, local = client_update(job, cid, state, server_round, config)
+    metrics = {"num-examples": len(job.clients[cid].rows), "loss": local.loss, "steps": local.steps,
+               "examples": local.examples, "seconds": local.seconds, "forward-passes": local.forward_passes}
+    if secure:  # the SecAgg+ mod masks the delta before it leaves
+        delta = {k: update[k] - state[k] for k in state}
+        return secure_fit_reply(msg, delta, len(job.clients[cid].rows), metrics)
+    content = RecordDict({"arrays": ArrayRecord(update), "metrics": MetricRecord(metrics)})
+    return Message(content, reply_to=msg)

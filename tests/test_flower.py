@@ -1,0 +1,220 @@
+"""The Flower deployment engine for real: a SuperLink and three SuperNodes on loopback (started and
+stopped by each test, also when it fails), prefix-tuning a tiny model.
+
+- the same config and seed give the same per-round metrics and the same final state as the
+  in-process engine;
+- a SuperNode killed mid-run: the run completes without it and the records say who was missing;
+- the server process killed mid-run: a new deployment resumes from the last checkpoint and ends
+  with the same numbers as an uninterrupted run.
+"""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from fedcustom.config import ConfigError, dumps
+from fedcustom.engines.deploy import LocalDeployment, Security, free_port, write_app
+from fedcustom.errors import UserError
+from fedcustom.experiment import run_experiment
+
+METRICS = ("test_accuracy", "test_macro_f1", "test_loss", "train_loss", "accepted", "bytes_down", "bytes_up")
+
+
+def flower_config(tiny_config, rounds: int = 2, **federation):
+    return tiny_config(engine="flower", modes=["federated"], partition={"num_clients": 3},
+                       federation={"rounds": rounds, **federation},
+                       flower={"round_timeout": 300.0, "connect_timeout": 120.0})
+
+
+def records(run_dir: Path) -> list[dict]:
+    path = run_dir / "federated" / "rounds.jsonl"
+    return [json.loads(line) for line in path.read_text().splitlines()] if path.is_file() else []
+
+
+def assert_same_run(a: Path, b: Path) -> None:
+    ra, rb = records(a), records(b)
+    assert [r["round"] for r in ra] == [r["round"] for r in rb]
+    for x, y in zip(ra, rb, strict=True):
+        for key in METRICS:
+            if key in x:
+                assert x[key] == pytest.approx(y[key], rel=1e-5, abs=1e-6), (x["round"], key)
+    sa, sb = (load_file(p / "federated" / "state.safetensors") for p in (a, b))
+    assert sa.keys() == sb.keys()
+    for key in sa:
+        torch.testing.assert_close(sa[key], sb[key], rtol=1e-5, atol=1e-6)
+
+
+def in_process(cfg, into: Path) -> Path:
+    from dataclasses import replace
+
+    run_experiment(replace(cfg, engine="simulation"), log=lambda *a: None, into=into)
+    return into
+
+
+def wait_for_round(run_dir: Path, server_round: int, timeout: float = 300.0) -> None:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if any(r["round"] >= server_round for r in records(run_dir)):
+            return
+        time.sleep(0.2)
+    raise AssertionError(f"round {server_round} was not recorded within {timeout:.0f} s")
+
+
+def test_flower_run_equals_the_in_process_run(tiny_config, tmp_path: Path) -> None:
+    cfg = flower_config(tiny_config)
+    with LocalDeployment(3, tmp_path / "deploy") as federation:
+        status = federation.submit(dumps(cfg), tmp_path / "flower", timeout=600)
+    assert status == "finished:completed", status
+    assert_same_run(tmp_path / "flower", in_process(cfg, tmp_path / "sim"))
+    assert (tmp_path / "flower" / "federated" / "adapter" / "adapter_config.json").is_file()
+    assert all(r["missing"] == [] for r in records(tmp_path / "flower")[1:])
+
+
+def test_a_killed_supernode_does_not_stop_the_run(tiny_config, tmp_path: Path) -> None:
+    cfg = flower_config(tiny_config, rounds=3, min_clients=2)
+    run_dir = tmp_path / "flower"
+    with LocalDeployment(3, tmp_path / "deploy") as federation:
+        result: dict[str, str] = {}
+        submit = threading.Thread(target=lambda: result.update(
+            status=federation.submit(dumps(cfg), run_dir, timeout=600)))
+        submit.start()
+        wait_for_round(run_dir, 1)
+        federation.kill("supernode-2")
+        submit.join(timeout=600)
+    assert result.get("status") == "finished:completed", result
+    rounds = records(run_dir)
+    assert [r["round"] for r in rounds] == [0, 1, 2, 3]
+    assert rounds[-1]["missing"] == [2] and rounds[-1]["accepted"] == 2
+    assert rounds[-1]["test_accuracy"] >= rounds[0]["test_accuracy"]
+
+
+def test_a_run_resumes_after_the_server_process_dies(tiny_config, tmp_path: Path) -> None:
+    cfg = flower_config(tiny_config, rounds=3)
+    run_dir = tmp_path / "flower"
+    with LocalDeployment(3, tmp_path / "first") as federation:
+        submit = threading.Thread(target=lambda: federation.submit(dumps(cfg), run_dir, timeout=600))
+        submit.start()
+        wait_for_round(run_dir, 1)
+        federation.kill("superlink")  # and with it the ServerApp process
+        submit.join(timeout=120)
+    done = max(r["round"] for r in records(run_dir))
+    assert done < 3, "the server died too late to test resuming"
+    with LocalDeployment(3, tmp_path / "second") as federation:
+        status = federation.submit(dumps(cfg), run_dir, resume=True, timeout=600)
+    assert status == "finished:completed", status
+    assert_same_run(run_dir, in_process(cfg, tmp_path / "sim"))
+
+
+def test_a_federation_with_tls_and_node_authentication(tiny_config, tmp_path: Path) -> None:
+    """The multi-machine walkthrough's security on loopback: a CA-signed SuperLink certificate,
+    SuperNodes admitted by registered keys; an unregistered SuperNode is refused."""
+    from fedcustom.engines.credentials import make_certificates, make_node_key
+    from fedcustom.engines.deploy import supernode_command
+
+    make_certificates(tmp_path / "certs", ["127.0.0.1", "localhost"])
+    secure = Security(certificates=tmp_path / "certs").check(server=True)
+    cfg = tiny_config(engine="flower", modes=["federated"], federation={"rounds": 1},
+                      flower={"round_timeout": 300.0, "connect_timeout": 120.0})
+    with LocalDeployment(2, tmp_path / "deploy", security=secure, node_auth=True) as federation:
+        key, _ = make_node_key(tmp_path / "stranger", "stranger")
+        stranger = federation.spawn("stranger", supernode_command(
+            federation.superlink, 0, secure, free_port(), auth_key=key) + ["--max-retries", "0"])
+        status = federation.submit(dumps(cfg), tmp_path / "run", timeout=600)
+        assert stranger.wait(timeout=120) != 0  # not registered: the SuperLink refuses it
+    assert status == "finished:completed", status
+    assert records(tmp_path / "run")[-1]["accepted"] == 2
+
+
+def test_secure_aggregation_hides_every_client_update(tiny_config, tmp_path: Path) -> None:
+    """SecAgg+ on a real loopback federation: among everything the server receives (audited as
+    Flower serialized it), no client's update or delta appears, while the same audit of a plain
+    run shows them all; the securely aggregated round lands where FedAvg does."""
+    from fedcustom.engines.secagg import read_audit
+    from fedcustom.methods import METHODS
+
+    def run(name: str, secure: bool) -> Path:
+        cfg = tiny_config(engine="flower", modes=["federated"], partition={"num_clients": 3},
+                          federation={"rounds": 1, "max_norm_factor": 0.0},
+                          flower={"round_timeout": 300.0, "connect_timeout": 120.0,
+                                  "secure_aggregation": secure, "audit_dir": str(tmp_path / name / "audit")})
+        with LocalDeployment(3, tmp_path / name / "deploy") as federation:
+            status = federation.submit(dumps(cfg), tmp_path / name / "run", timeout=600)
+        assert status == "finished:completed", status
+        return tmp_path / name
+
+    plain, secure = run("plain", False), run("secure", True)
+    cfg = tiny_config()
+    method = METHODS.get(cfg.method.name)(cfg.method.options)
+    model, _ = method.build_model(cfg.model, 2, cfg.seed)
+    start = {k: v.numpy() for k, v in method.get_state(method.prepare(model)).items()}
+    updates = read_audit(plain / "audit")
+    assert len(updates) == 3 * len(start)  # the plain server saw every client's every tensor
+    secrets = updates + [u - start[k] for u in updates for k in start if start[k].shape == u.shape]
+    seen = read_audit(secure / "audit")
+    assert seen, "the audit of the secure run is empty"
+    for array in seen:
+        for secret in secrets:
+            if array.shape == secret.shape:
+                assert not np.allclose(array.astype(np.float64), secret, atol=1e-3)
+    last = records(secure / "run")[-1]
+    assert last["secure_aggregation"] == [0, 1, 2] and last["accepted"] == 3
+    a, b = (load_file(p / "run" / "federated" / "state.safetensors") for p in (plain, secure))
+    for key in a:
+        torch.testing.assert_close(a[key], b[key], atol=1e-4, rtol=0)  # quantization error only
+
+
+@pytest.mark.ray
+def test_flower_simulation_engine_equals_the_in_process_run(tiny_config, tmp_path: Path) -> None:
+    """The third engine: Flower's simulation runtime (Ray) with the same apps (opt-in: -m ray)."""
+    from fedcustom.engines import ENGINES
+
+    cfg = tiny_config(engine="flower-simulation", modes=["federated"], partition={"num_clients": 3})
+    run_dir = ENGINES.get("flower-simulation").launch(cfg)
+    assert_same_run(run_dir, in_process(cfg, tmp_path / "sim"))
+
+
+# --- fast checks: no processes ------------------------------------------------------------------
+
+def test_flower_engine_refuses_methods_whose_clients_keep_state(tiny_config) -> None:
+    with pytest.raises(ConfigError, match="engine = 'flower': expected an engine that carries 'logits'"):
+        tiny_config(engine="flower", method={"name": "distill"}, strategy={"name": "consensus"})
+
+
+def test_secure_aggregation_needs_a_strategy_of_the_mean(tiny_config) -> None:
+    with pytest.raises(ConfigError, match="strategy = .*'median' needs each client's update"):
+        tiny_config(engine="flower", strategy={"name": "median"}, flower={"secure_aggregation": True})
+    with pytest.raises(ConfigError, match="secure aggregation runs on the Flower engines"):
+        tiny_config(flower={"secure_aggregation": True})
+
+
+def test_flower_engine_outside_a_server_app_is_a_clear_error(tiny_config) -> None:
+    from fedcustom.engines.flower import FlowerEngine
+
+    with pytest.raises(UserError, match="runs inside a Flower ServerApp"):
+        FlowerEngine()
+
+
+def test_secure_by_default(tmp_path: Path) -> None:
+    with pytest.raises(UserError, match="--insecure runs without TLS"):
+        Security().check()
+    with pytest.raises(UserError, match="ca.crt not found"):
+        Security(certificates=tmp_path).check()
+
+
+def test_the_app_bundle_is_a_valid_flower_app(tiny_config, tmp_path: Path) -> None:
+    import tomllib
+    from flwr.common.config import validate_config
+
+    app = write_app(tmp_path / "app", dumps(tiny_config()), tmp_path / "run", resume=False)
+    config = tomllib.loads((app / "pyproject.toml").read_text())
+    ok, errors, _ = validate_config(config, check_module=False)
+    assert ok, errors
+    assert tomllib.loads(config["tool"]["flwr"]["app"]["config"]["experiment"])["name"] == "tiny"
