@@ -179,6 +179,9 @@ def test_two_clients_two_rounds(tiny_config, tiny_llama_dir: Path, method: dict,
     exported = json.loads((path / "adapter" / "prompt.json").read_text())
     assert exported["client_fits"] == 4
     passes = exported["client_forward_passes"]
+    # the engine puts the clients' counts into the round records: forward only, no backward
+    assert sum(r["forward_passes"] for r in records[1:]) == passes
+    assert all(r["backward_passes"] == 0 for r in records[1:])
     if method["name"] == "prompt-search":
         # round 1: 2 clients x 8 examples x 6 templates; round 2: the 1..4 templates of 4 candidates
         assert (passes - 96) % 16 == 0 and 16 <= passes - 96 <= 64

@@ -22,9 +22,11 @@ class LocalResult:
     steps: int
     examples: int  # examples seen, epochs included
     seconds: float
-    # Model forward passes of the local work (examples x prompts scored): the cost of forward-only
-    # (black-box) methods. 0 where not counted; gradient methods' cost is their steps.
+    # Model passes over single examples: the compute of the local work, comparable across methods.
+    # Forward-only (black-box) methods count examples x prompts scored; the shared loop counts one
+    # forward and one backward per example seen. 0 where a method does not count.
     forward_passes: int = 0
+    backward_passes: int = 0
 
 
 def lr_scale(cfg: TrainConfig, server_round: int, rounds: int) -> float:
@@ -96,4 +98,5 @@ def train_local(
             examples += len(batch)
             bar.update()
     bar.close()
-    return LocalResult(total / max(steps, 1), steps, examples, time.perf_counter() - start)
+    return LocalResult(total / max(steps, 1), steps, examples, time.perf_counter() - start,
+                       forward_passes=examples, backward_passes=examples)

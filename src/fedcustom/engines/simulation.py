@@ -49,6 +49,7 @@ class SimulationEngine(Engine):
             client_config = {**job.strategy.client_config(server_round),  # e.g. FedProx's prox_mu
                              "lr_scale": lr_scale(job.train, server_round, job.rounds)}
             updates, loss_sum, examples, client_seconds, bytes_up = [], 0.0, 0, 0.0, 0
+            forward_passes, backward_passes = 0, 0  # of the clients whose update arrived
             crashed: list[tuple[int, Exception]] = []
             on_time, dropped, late = job.faults.split(server_round, sampled)
             for cid in sorted(on_time + late):
@@ -67,6 +68,8 @@ class SimulationEngine(Engine):
                 up = serialize(update)
                 updates.append((cid, deserialize(up), len(rows)))
                 bytes_up += len(up)
+                forward_passes += local.forward_passes
+                backward_passes += local.backward_passes
                 loss_sum += local.loss * len(rows)
                 examples += len(rows)
             if crashed and len(crashed) == len(on_time) + len(late):
@@ -90,6 +93,8 @@ class SimulationEngine(Engine):
                 "bytes_down": len(down) * len(sampled),
                 "bytes_up": bytes_up,
                 "client_seconds": client_seconds,
+                "forward_passes": forward_passes,
+                "backward_passes": backward_passes,
                 "round_seconds": time.perf_counter() - start,
                 "peak_rss_mb": peak_rss_mb(),
                 **job.strategy.round_record(),

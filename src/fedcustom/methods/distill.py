@@ -187,8 +187,9 @@ class Distill(Method):
         local = train_local(device.model, device.method, private, rows, replace(cfg, lr=lr), seed + 1,
                             progress=progress, **client_config)
         self.held = {"logits": self.predict(device.model, device.public)}
-        return LocalResult(local.loss, steps + local.steps, examples + local.examples,
-                           time.perf_counter() - start)
+        trained = examples + local.examples  # one forward and one backward each; predicting: forwards
+        return LocalResult(local.loss, steps + local.steps, trained, time.perf_counter() - start,
+                           forward_passes=trained + len(device.public), backward_passes=trained)
 
     def device(self, cid: int) -> ClientDevice:
         if cid not in self.clients:
