@@ -16,7 +16,7 @@ from fedcustom.data.batching import encode, take
 from fedcustom.errors import UserError
 from fedcustom.experiment import run_experiment
 from fedcustom.methods import METHODS
-from fedcustom.methods.blackbox import VerbalizerLM
+from fedcustom.methods.blackbox import VerbalizerLM, hidden_states
 from fedcustom.methods.prompt_search import initial_candidates
 from fedcustom.models import resolve
 from fedcustom.strategies.search import ScoreSearch, ScoreSearchOptions, mutate, propose
@@ -204,3 +204,13 @@ def test_bad_black_box_input_is_refused(tiny_llama_dir: Path) -> None:
     method = METHODS.get("prompt-search")(build(METHODS.get("prompt-search").Options, {}))
     with pytest.raises(UserError, match="label_words has 2 entries; the data has 3 labels"):
         method.build_model(ModelConfig(name=str(tiny_llama_dir)), 3, 0)
+
+
+def test_bf16_scoring_is_close_to_fp32(tiny_llama_dir: Path) -> None:
+    _, model, tokenizer = method_and_model(tiny_llama_dir, "prompt-search")
+    data = encode(TEXTS, LABELS, tokenizer, 16)
+    fp32, labels = hidden_states(model, data, np.arange(16), 0, 4)
+    bf16, _ = hidden_states(model, data, np.arange(16), 0, 4, precision="bf16")
+    assert bf16.dtype == torch.float32 and bf16.device.type == "cpu"
+    assert not torch.equal(fp32, bf16) and torch.allclose(fp32, bf16, atol=0.1)
+    assert len(labels) == 16
