@@ -1,7 +1,7 @@
 """Where the model computes, and in what precision: the one place that knows about GPUs.
 
 The model moves to the device once (experiment.py); batches follow it in the shared training
-loop and in evaluation (`on_model`). Exchanged states always live on the CPU (Method.get_state
+loop and in evaluation (`model_device`). Exchanged states always live on the CPU (Method.get_state
 copies there), so payloads, strategies, byte counts and checkpoints are the same on any device.
 `bf16` runs forward passes under autocast (bfloat16 matmuls, fp32 weights and optimizer); the
 default `fp32` changes nothing.
@@ -18,7 +18,6 @@ from torch import nn
 from fedcustom.errors import UserError
 
 DEVICE_PATTERN = re.compile(r"^(auto|cpu|cuda|cuda:\d+)$")
-PRECISIONS = ("fp32", "bf16")
 
 
 def resolve_device(name: str, gpus: int | None = None) -> torch.device:
