@@ -157,8 +157,8 @@ class BlackBoxMethod(Method):
 
     def __init__(self, options: object) -> None:
         super().__init__(options)
-        # Forward passes per client fit (examples x prompts scored), written with the export:
-        # the engine's records carry only what strategies report (see LocalResult.forward_passes).
+        # Forward passes per client fit (examples x prompts scored), written with the export; the
+        # engine's round records carry the same counts per round (LocalResult.forward_passes).
         self.fit_forward_passes: list[int] = []
 
     def build_model(self, cfg: ModelConfig, num_labels: int, seed: int) -> tuple[nn.Module, Any]:
