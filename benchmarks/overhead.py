@@ -81,12 +81,14 @@ def batch_plan(cfg: Any) -> tuple[list[np.ndarray], Any]:
 
 def plain_loop(cfg: Any, plan: list[np.ndarray], task: Any) -> Mark:
     """Time the plain loop takes for every batch in `plan` (model built before the clock)."""
+    from fedcustom.device import resolve_device
     from fedcustom.models import resolve
 
     data, ids, pad_id = task
     torch.manual_seed(cfg.seed)
+    device = resolve_device(cfg.device)  # the same device as the fedcustom run it is compared with
     model = PlainPrefixClassifier(resolve(cfg.model.name)[0], len(data.label_names),
-                                  cfg.method.options.num_virtual_tokens)
+                                  cfg.method.options.num_virtual_tokens).to(device)
     tokens = [torch.tensor(x) for x in ids]
     labels = torch.tensor(list(data.train["label"]))
     params = [p for p in model.parameters() if p.requires_grad]
@@ -98,7 +100,7 @@ def plain_loop(cfg: Any, plan: list[np.ndarray], task: Any) -> Mark:
                                                 padding_value=pad_id)
         lengths = torch.tensor([len(tokens[i]) for i in rows])
         mask = (torch.arange(batch.shape[1]).unsqueeze(0) < lengths.unsqueeze(1)).long()
-        loss = F.cross_entropy(model(batch, mask), labels[rows])
+        loss = F.cross_entropy(model(batch.to(device), mask.to(device)), labels[rows].to(device))
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         if cfg.train.max_grad_norm > 0:

@@ -16,7 +16,7 @@ from fedcustom.data.batching import encode, take
 from fedcustom.errors import UserError
 from fedcustom.experiment import run_experiment
 from fedcustom.methods import METHODS
-from fedcustom.methods.blackbox import VerbalizerLM
+from fedcustom.methods.blackbox import VerbalizerLM, hidden_states
 from fedcustom.methods.prompt_search import initial_candidates
 from fedcustom.models import resolve
 from fedcustom.strategies.search import ScoreSearch, ScoreSearchOptions, mutate, propose
@@ -179,6 +179,9 @@ def test_two_clients_two_rounds(tiny_config, tiny_llama_dir: Path, method: dict,
     exported = json.loads((path / "adapter" / "prompt.json").read_text())
     assert exported["client_fits"] == 4
     passes = exported["client_forward_passes"]
+    # the engine puts the clients' counts into the round records: forward only, no backward
+    assert sum(r["forward_passes"] for r in records[1:]) == passes
+    assert all(r["backward_passes"] == 0 for r in records[1:])
     if method["name"] == "prompt-search":
         # round 1: 2 clients x 8 examples x 6 templates; round 2: the 1..4 templates of 4 candidates
         assert (passes - 96) % 16 == 0 and 16 <= passes - 96 <= 64
@@ -201,3 +204,13 @@ def test_bad_black_box_input_is_refused(tiny_llama_dir: Path) -> None:
     method = METHODS.get("prompt-search")(build(METHODS.get("prompt-search").Options, {}))
     with pytest.raises(UserError, match="label_words has 2 entries; the data has 3 labels"):
         method.build_model(ModelConfig(name=str(tiny_llama_dir)), 3, 0)
+
+
+def test_bf16_scoring_is_close_to_fp32(tiny_llama_dir: Path) -> None:
+    _, model, tokenizer = method_and_model(tiny_llama_dir, "prompt-search")
+    data = encode(TEXTS, LABELS, tokenizer, 16)
+    fp32, labels = hidden_states(model, data, np.arange(16), 0, 4)
+    bf16, _ = hidden_states(model, data, np.arange(16), 0, 4, precision="bf16")
+    assert bf16.dtype == torch.float32 and bf16.device.type == "cpu"
+    assert not torch.equal(fp32, bf16) and torch.allclose(fp32, bf16, atol=0.1)
+    assert len(labels) == 16

@@ -11,6 +11,7 @@ from safetensors.torch import load_file
 
 from fedcustom.cli import main
 from fedcustom.config import dumps
+from fedcustom.data import load_task_data
 from fedcustom.experiment import run_experiment
 from fedcustom.payload import serialize
 
@@ -19,6 +20,7 @@ def test_two_clients_two_rounds(tiny_config) -> None:
     cfg = tiny_config()
     results = run_experiment(cfg, log=lambda *_: None)
     run_dir = results["federated"].path.parent
+    train_examples = len(load_task_data(cfg.data).train)
     assert (run_dir / "config.toml").read_text() == dumps(cfg)
     assert "client" in (run_dir / "partition.txt").read_text()
     assert "federated test_accuracy" in (run_dir / "summary.txt").read_text()
@@ -36,6 +38,8 @@ def test_two_clients_two_rounds(tiny_config) -> None:
             assert r["bytes_down"] == r["bytes_up"] == payload * clients
             assert 0 <= r["test_accuracy"] <= 1 and r["train_loss"] > 0
             assert r["client_seconds"] > 0 and r["peak_rss_mb"] > 0
+            # the shared loop: one forward and one backward per example seen (1 local epoch)
+            assert r["forward_passes"] == r["backward_passes"] == train_examples
         assert (path / "adapter" / "adapter_config.json").is_file()
     assert results["federated"].records[-1] != results["centralized"].records[-1]
 

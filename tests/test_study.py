@@ -113,5 +113,8 @@ def test_report_of_a_study(study_file: Path, tmp_path: Path) -> None:
     assert len(rows) == 4 and all(".." in row[2] for row in rows)  # two seeds: mean (min..max)
     assert {tuple(row[:2]) for row in rows} == {(a, p) for a in ("100.0", "0.5") for p in ("short", "long")}
     assert all(int(row[5].replace(",", "")) > 0 for row in rows)  # trainable parameters
+    header = [c.strip() for c in next(x for x in table.splitlines() if x.startswith("|")).split("|")[1:-1]]
+    forward, backward = header.index("forward / client / round"), header.index("backward / client / round")
+    assert all(row[forward].split()[0] == row[backward].split()[0] != "n/a" for row in rows)
     assert main(["report", str(out), "--out", str(tmp_path / "r")]) == 0
     assert (tmp_path / "r" / "report.md").is_file()

@@ -96,6 +96,9 @@ class TrainConfig:
     weight_decay: float = opt(0.0, "AdamW weight decay")
     max_grad_norm: float = opt(1.0, "gradient clipping norm (0: off)")
     eval_batch_size: int = opt(256, "examples per evaluation forward pass")
+    precision: Literal["fp32", "bf16"] = opt(
+        "fp32", "forward passes in training and evaluation: fp32, or bf16 autocast (weights, "
+                "optimizer and exchanged state stay fp32)")
 
     def __post_init__(self) -> None:
         check(self.lr > 0, "lr", "a number > 0")
@@ -204,6 +207,8 @@ class ExperimentConfig:
     engine: str = opt("simulation", "where clients run")
     output_dir: str = opt("runs", "folder that receives the run folder")
     threads: int = opt(0, "torch CPU threads (0: all cores)")
+    device: str = opt("auto", "where the model computes: auto (a GPU if present, else cpu), cpu, cuda or "
+                              "cuda:N")
     model: ModelConfig = field(default_factory=ModelConfig)
     data: DataConfig = field(default_factory=DataConfig)
     partition: PartitionConfig = field(default_factory=PartitionConfig)
@@ -219,6 +224,9 @@ class ExperimentConfig:
         check(bool(self.modes) and set(self.modes) <= set(MODES), "modes",
               f"a non-empty list drawn from {list(MODES)}")
         check(self.threads >= 0, "threads", "an integer >= 0")
+        from fedcustom.device import DEVICE_PATTERN
+
+        check(bool(DEVICE_PATTERN.match(self.device)), "device", "auto, cpu, cuda or cuda:N")
         check(bool(self.name) and "/" not in self.name, "name", "a non-empty name without '/'")
         from fedcustom.engines import ENGINES
 

@@ -9,6 +9,7 @@ from sklearn.metrics import f1_score
 from torch import nn
 
 from fedcustom.data.batching import Encoded, eval_batches
+from fedcustom.device import model_device
 
 
 @torch.inference_mode()
@@ -17,11 +18,13 @@ def evaluate_classifier(
 ) -> dict[str, float]:
     rows = np.arange(len(data)) if rows is None else rows
     model.eval()
+    device = model_device(model)
     preds, labels, loss_sum = [], [], 0.0
     for batch in eval_batches(data, rows, batch_size):
-        logits = model(batch.input_ids, batch.attention_mask)
-        loss_sum += F.cross_entropy(logits, batch.labels, reduction="sum").item()
-        preds.append(logits.argmax(-1))
+        on_device = batch.to(device)
+        logits = model(on_device.input_ids, on_device.attention_mask).float()
+        loss_sum += F.cross_entropy(logits, on_device.labels, reduction="sum").item()
+        preds.append(logits.argmax(-1).cpu())
         labels.append(batch.labels)
     y_pred, y_true = torch.cat(preds).numpy(), torch.cat(labels).numpy()
     return {

@@ -24,6 +24,7 @@ from fedcustom.attacks import Attack
 from fedcustom.config import ExperimentConfig, dumps, load_config
 from fedcustom.data import load_task_data, partition_indices, partition_table
 from fedcustom.data.batching import Encoded, encode
+from fedcustom.device import autocast, check_precision, resolve_device
 from fedcustom.engines import ENGINES, Client, Job
 from fedcustom.errors import UserError
 from fedcustom.faults import Faults
@@ -66,6 +67,8 @@ def resume_experiment(run_dir: str | Path, log: Any = print,
 def execute(cfg: ExperimentConfig, resume_dir: Path | None, log: Any,
             on_record: RecordHook | None, into: Path | None = None) -> dict[str, ModeResult]:
     torch.set_num_threads(cfg.threads or os.cpu_count() or 1)
+    device = resolve_device(cfg.device)  # a missing GPU fails here, before anything loads
+    check_precision(device, cfg.train.precision)
     data = load_task_data(cfg.data)
     parts = partition_indices(data.train, cfg.partition, cfg.seed)  # fails early on a bad split
     method = METHODS.get(cfg.method.name)(cfg.method.options)
@@ -82,6 +85,7 @@ def execute(cfg: ExperimentConfig, resume_dir: Path | None, log: Any,
         f"examples, labels {data.label_names}\n{table}")
 
     method.prepare(model)
+    model.to(device)  # once; batches follow it, states come back to the CPU (see device.py)
     initial = method.get_state(model)  # every mode starts from this initialization
     n_params = sum(v.numel() for v in initial.values())
     log(f"method {method.name}: {n_params:,} trainable parameters")
@@ -94,7 +98,8 @@ def execute(cfg: ExperimentConfig, resume_dir: Path | None, log: Any,
     def evaluate(m: torch.nn.Module) -> dict[str, float]:
         out = {}
         for split, enc in held_out.items():
-            metrics = method.evaluate(m, enc, cfg.train.eval_batch_size)
+            with autocast(device, cfg.train.precision):
+                metrics = method.evaluate(m, enc, cfg.train.eval_batch_size)
             out.update({f"{split}_{k}": v for k, v in metrics.items()})
         return out
 

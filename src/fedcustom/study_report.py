@@ -70,10 +70,11 @@ def trainable_parameters(run: RunFolder, mode: str) -> int | None:
         return sum(math.prod(f.get_slice(k).get_shape()) for k in f.keys())  # noqa: SIM118
 
 
-def per_client_up(records: list[dict[str, Any]]) -> float:
-    """Mean bytes one client sends per round (the upload of the rounds' accepted updates)."""
-    sent = [r["bytes_up"] / max(1, r["accepted"] + len(r.get("rejected", [])))
-            for r in records if r["round"] > 0 and r.get("bytes_up")]
+def per_client(records: list[dict[str, Any]], key: str = "bytes_up") -> float:
+    """Mean per client per round of a round total over the clients whose update arrived: bytes
+    sent up, or forward / backward passes (NaN where the records do not have it)."""
+    sent = [r[key] / max(1, r["accepted"] + len(r.get("rejected", [])))
+            for r in records if r["round"] > 0 and r.get("bytes_up") and key in r]
     return statistics.fmean(sent) if sent else math.nan
 
 
@@ -110,13 +111,16 @@ def cells_table(axes: list[str], cells: list[CellResult]) -> str:
             spread(finals(c.fed, "federated")), spread(finals(c.cen, "centralized")),
             spread(gaps(c), lambda v: f"{100 * v:+.2f}"),
             "n/a" if params is None else f"{params:,}",
-            spread([per_client_up(r) for r in fed_records], fmt_bytes),
+            spread([per_client(r) for r in fed_records], fmt_bytes),
+            spread([per_client(r, "forward_passes") for r in fed_records], lambda v: f"{v:,.0f}"),
+            spread([per_client(r, "backward_passes") for r in fed_records], lambda v: f"{v:,.0f}"),
             spread([summarize(r).bytes_total for r in fed_records], fmt_bytes),
             spread([summarize(r).client_seconds_per_round for r in fed_records], lambda v: f"{v:.0f}"),
             spread([summarize(r).peak_rss_mb for r in fed_records], lambda v: f"{v:.0f}"),
         ])
     return table([*axes, "federated final", "centralized final", "gap (points)", "trainable params",
-                  "up / client / round", "bytes sent (all rounds)", "client s / round", "peak RSS MB"],
+                  "up / client / round", "forward / client / round", "backward / client / round",
+                  "bytes sent (all rounds)", "client s / round", "peak RSS MB"],
                  rows, markdown=True)
 
 
@@ -166,8 +170,11 @@ def write_study_report(study_dir: Path, out: Path | None = None) -> Path:
         "Test accuracy at the last round (federated) or epoch (centralized: one client with all "
         "training data, the same rounds x local epochs). Gap: federated minus centralized, in "
         "percentage points. Trainable parameters are counted in the saved final state; bytes are "
-        "serialized payload sizes measured on the wire; client seconds are summed over a round's "
-        "clients." + (" Several seeds: mean (min..max)." if len(index["seeds"]) > 1 else ""),
+        "serialized payload sizes measured on the wire; forward and backward passes are single "
+        "examples through the model in a client's local work (a gradient step on a batch of 8 is 8 "
+        "of each; scoring 8 prompts on 16 examples with one template is 16 forwards), evaluation "
+        "not counted; client seconds are summed over a round's clients."
+        + (" Several seeds: mean (min..max)." if len(index["seeds"]) > 1 else ""),
         cells_table(axes, cells),
         "## Test accuracy per round", per_round_table(cells),
         "## Figures", *(f"![{caption}]({name})" for name, (caption, _) in figures.items()),

@@ -13,6 +13,7 @@ from tqdm.auto import tqdm
 
 from fedcustom.config import TrainConfig
 from fedcustom.data.batching import Encoded, train_batches
+from fedcustom.device import autocast, model_device
 from fedcustom.methods.base import Method
 
 
@@ -22,9 +23,11 @@ class LocalResult:
     steps: int
     examples: int  # examples seen, epochs included
     seconds: float
-    # Model forward passes of the local work (examples x prompts scored): the cost of forward-only
-    # (black-box) methods. 0 where not counted; gradient methods' cost is their steps.
+    # Model passes over single examples: the compute of the local work, comparable across methods.
+    # Forward-only (black-box) methods count examples x prompts scored; the shared loop counts one
+    # forward and one backward per example seen. 0 where a method does not count.
     forward_passes: int = 0
+    backward_passes: int = 0
 
 
 def lr_scale(cfg: TrainConfig, server_round: int, rounds: int) -> float:
@@ -66,7 +69,8 @@ def train_local(
     Keyword arguments after `progress` come from the engine each round: `lr_scale` multiplies the
     learning rates (the round's schedule), and `prox_mu` > 0 (FedProx's client_config) adds
     (mu/2)*||w - w_start||^2, w_start being the state on entry.
-    The reported loss is the method's loss alone, comparable across strategies.
+    The reported loss is the method's loss alone, comparable across strategies. Batches go to
+    the model's device; cfg.precision 'bf16' runs the forward pass under bfloat16 autocast.
     """
     start = time.perf_counter()
     rng = np.random.default_rng(seed)
@@ -78,10 +82,13 @@ def train_local(
     bar = tqdm(total=steps_per_epoch * cfg.local_epochs, desc=progress, leave=False,
                disable=progress is None, unit="step")
     model.train()
+    device = model_device(model)
     total, steps, examples = 0.0, 0, 0
     for _ in range(cfg.local_epochs):
         for batch in train_batches(data, rows, cfg.batch_size, rng):
-            loss = method.loss(model, batch)
+            batch = batch.to(device)
+            with autocast(device, cfg.precision):
+                loss = method.loss(model, batch)
             objective = loss
             if start_state:
                 drift = sum(((p - p0) ** 2).sum() for p, p0 in zip(params, start_state, strict=True))
@@ -96,4 +103,5 @@ def train_local(
             examples += len(batch)
             bar.update()
     bar.close()
-    return LocalResult(total / max(steps, 1), steps, examples, time.perf_counter() - start)
+    return LocalResult(total / max(steps, 1), steps, examples, time.perf_counter() - start,
+                       forward_passes=examples, backward_passes=examples)

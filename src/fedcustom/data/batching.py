@@ -35,6 +35,10 @@ class Batch:
     def __len__(self) -> int:
         return len(self.labels)
 
+    def to(self, device: torch.device) -> Batch:
+        """The batch on `device` (the same tensors when they are already there)."""
+        return Batch(self.input_ids.to(device), self.attention_mask.to(device), self.labels.to(device))
+
 
 def encode(texts: Sequence[str], labels: Sequence[int], tokenizer: Any, max_length: int) -> Encoded:
     ids = tokenizer(list(texts), truncation=True, max_length=max_length)["input_ids"]

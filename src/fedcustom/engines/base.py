@@ -183,6 +183,9 @@ def run_rounds(job: Job, train_clients: TrainClients) -> State:
             "bytes_down": len(down) * len(sampled),
             "bytes_up": sum(o.sent if o.sent is not None else len(o.up or b"") for o in reported.values()),
             "client_seconds": sum(o.local.seconds for o in trained.values()),  # type: ignore[union-attr]
+            # model passes over single examples of the clients whose update arrived (see LocalResult)
+            "forward_passes": sum(o.local.forward_passes for o in reported.values()),  # type: ignore[union-attr]
+            "backward_passes": sum(o.local.backward_passes for o in reported.values()),  # type: ignore[union-attr]
             **({"secure_aggregation": secure.summed} if secure is not None else {}),
             "round_seconds": time.perf_counter() - start,
             "peak_rss_mb": peak_rss_mb(),

@@ -169,7 +169,8 @@ class FlowerEngine(Engine):
 
 def local_result(metrics: Any) -> LocalResult:
     return LocalResult(float(metrics["loss"]), int(metrics["steps"]), int(metrics["examples"]),
-                       float(metrics["seconds"]), int(metrics["forward-passes"]))
+                       float(metrics["seconds"]), int(metrics["forward-passes"]),
+                       int(metrics["backward-passes"]))
 
 
 # Flower's simulation engine passes the ServerApp no run config: its launcher leaves it here.

@@ -22,6 +22,7 @@ from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
 from fedcustom.config import ExperimentConfig, build
+from fedcustom.device import resolve_device
 from fedcustom.engines.base import Client, Job, client_update
 from fedcustom.engines.secagg import (
     is_secure_fit,
@@ -60,6 +61,7 @@ def client_job(config_text: str, label_names_json: str, data_path: str, cid: int
     method = METHODS.get(cfg.method.name)(cfg.method.options)
     model, tokenizer = method.build_model(cfg.model, len(label_names), cfg.seed)
     method.prepare(model)
+    model.to(resolve_device(cfg.device))  # a site's own GPU, if it has one (`device = "auto"`)
     rows_by_client = [np.array([], dtype=np.int64)] * cfg.partition.num_clients
     if data_path:
         table = load_user_data(Path(data_path), cfg.data.text_column, cfg.data.label_column)
@@ -122,7 +124,8 @@ def client_train(msg: Message, context: Context) -> Message:
         state = dict(msg.content["arrays"].to_torch_state_dict())
     update, local = client_update(job, cid, state, server_round, config)
     metrics = {"num-examples": len(job.clients[cid].rows), "loss": local.loss, "steps": local.steps,
-               "examples": local.examples, "seconds": local.seconds, "forward-passes": local.forward_passes}
+               "examples": local.examples, "seconds": local.seconds, "forward-passes": local.forward_passes,
+               "backward-passes": local.backward_passes}
     if secure:  # the SecAgg+ mod masks the delta before it leaves
         delta = {k: update[k] - state[k] for k in state}
         return secure_fit_reply(msg, delta, len(job.clients[cid].rows), metrics)

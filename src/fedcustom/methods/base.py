@@ -59,7 +59,8 @@ class Method(ABC):
         return {n: p for n, p in model.named_parameters() if p.requires_grad}
 
     def get_state(self, model: nn.Module) -> State:
-        return {n: p.detach().clone() for n, p in self.trainable(model).items()}
+        # Always a CPU copy: payloads, strategies and checkpoints never see a GPU tensor.
+        return {n: p.detach().to("cpu", copy=True) for n, p in self.trainable(model).items()}
 
     def set_state(self, model: nn.Module, state: State) -> None:
         params = self.trainable(model)
@@ -97,7 +98,7 @@ class Method(ABC):
             encoder.save_pretrained(path)
         head = getattr(model, "head", None)
         if head is not None:
-            save_file({k: v.contiguous() for k, v in head.state_dict().items()},
+            save_file({k: v.detach().cpu().contiguous() for k, v in head.state_dict().items()},
                       path / "head.safetensors")
 
 

@@ -100,7 +100,8 @@ class Bbpt(BlackBoxMethod):
 
         def loss_of(z: np.ndarray) -> float:
             self.set_state(model, {"z": torch.as_tensor(z, dtype=torch.float32)})
-            hidden, labels = hidden_states(model, data, sample, model.choice[0], cfg.eval_batch_size)
+            hidden, labels = hidden_states(model, data, sample, model.choice[0], cfg.eval_batch_size,
+                                           cfg.precision)
             return accuracy_and_loss(model.label_logits(hidden, model.choice[1:]), labels)[1]
 
         z0 = model.exchanged["z"].double().numpy()

@@ -22,6 +22,7 @@ from torch import nn
 
 from fedcustom.config import check, opt
 from fedcustom.data.batching import eval_batches
+from fedcustom.device import autocast, model_device
 from fedcustom.errors import UserError
 from fedcustom.methods.base import Method, State
 
@@ -107,6 +108,7 @@ class VerbalizerLM(nn.Module):
                     template: int) -> torch.Tensor:
         """[B, hidden]: the LM's final hidden state at the last prompt token of each example."""
         before, after = self.templates[template]
+        input_ids, attention_mask = input_ids.cpu(), attention_mask.cpu()  # re-framed on the CPU
         keep = attention_mask.bool() & ~torch.isin(input_ids, self.special_ids)
         rows = [before + input_ids[i][keep[i]].tolist() + after for i in range(len(input_ids))]
         lengths = torch.tensor([len(r) for r in rows])
@@ -114,22 +116,29 @@ class VerbalizerLM(nn.Module):
         for i, r in enumerate(rows):
             ids[i, : len(r)] = torch.tensor(r, dtype=torch.long)
         mask = (torch.arange(ids.shape[1]).unsqueeze(0) < lengths.unsqueeze(1)).long()
-        embeds = self.lm.get_input_embeddings()(ids)
+        embedding = self.lm.get_input_embeddings()
+        device = embedding.weight.device
+        embeds = embedding(ids.to(device))
         if self.soft_prompt is not None:
-            prompt = self.soft_prompt.to(embeds.dtype).unsqueeze(0).expand(len(rows), -1, -1)
+            prompt = self.soft_prompt.to(device, embeds.dtype).unsqueeze(0).expand(len(rows), -1, -1)
             embeds = torch.cat([prompt, embeds], 1)
             mask = torch.cat([torch.ones(len(rows), prompt.shape[1], dtype=torch.long), mask], 1)
             lengths = lengths + prompt.shape[1]
+        mask, lengths = mask.to(device), lengths.to(device)
         # Right padding is harmless to a causal LM: the last real token never attends to it.
         hidden = self.lm.base_model(inputs_embeds=embeds, attention_mask=mask).last_hidden_state
         return hidden[torch.arange(len(rows)), lengths - 1]
 
     def label_logits(self, hidden: torch.Tensor, words: list[int]) -> torch.Tensor:
         """[B, labels] from last hidden states, with word `words[l]` for label l."""
-        ids = torch.tensor([self.word_ids[label][w] for label, w in enumerate(words)])
         head = self.lm.get_output_embeddings()
-        logits = hidden @ head.weight[ids].T
-        return logits if getattr(head, "bias", None) is None else logits + head.bias[ids]
+        ids = torch.tensor([self.word_ids[label][w] for label, w in enumerate(words)],
+                           device=head.weight.device)
+        rows = head.weight[ids].to(hidden.device, hidden.dtype)
+        logits = hidden @ rows.T
+        if getattr(head, "bias", None) is not None:
+            logits = logits + head.bias[ids].to(hidden.device, hidden.dtype)
+        return logits
 
     def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
         return self.label_logits(self.last_hidden(input_ids, attention_mask, self.choice[0]),
@@ -148,8 +157,8 @@ class BlackBoxMethod(Method):
 
     def __init__(self, options: object) -> None:
         super().__init__(options)
-        # Forward passes per client fit (examples x prompts scored), written with the export:
-        # the engine's records carry only what strategies report (see LocalResult.forward_passes).
+        # Forward passes per client fit (examples x prompts scored), written with the export; the
+        # engine's round records carry the same counts per round (LocalResult.forward_passes).
         self.fit_forward_passes: list[int] = []
 
     def build_model(self, cfg: ModelConfig, num_labels: int, seed: int) -> tuple[nn.Module, Any]:
@@ -195,11 +204,15 @@ class BlackBoxMethod(Method):
 
 @torch.inference_mode()
 def hidden_states(model: VerbalizerLM, data: Encoded, rows: np.ndarray, template: int,
-                  batch_size: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Last hidden states of `rows` under `template`, with their labels (one forward per example)."""
+                  batch_size: int, precision: str = "fp32") -> tuple[torch.Tensor, torch.Tensor]:
+    """Last hidden states of `rows` under `template` (fp32, on the CPU), with their labels (one
+    forward per example, under bf16 autocast for precision 'bf16')."""
     hidden, labels = [], []
+    device = model_device(model)
     for batch in eval_batches(data, rows, batch_size):
-        hidden.append(model.last_hidden(batch.input_ids, batch.attention_mask, template))
+        with autocast(device, precision):
+            states = model.last_hidden(batch.input_ids, batch.attention_mask, template)
+        hidden.append(states.float().cpu())
         labels.append(batch.labels)
     return torch.cat(hidden), torch.cat(labels)
 

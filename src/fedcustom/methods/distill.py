@@ -35,6 +35,7 @@ from torch import nn
 
 from fedcustom.config import ModelConfig, TrainConfig, check, opt
 from fedcustom.data.batching import Encoded, encode, eval_batches
+from fedcustom.device import autocast, model_device
 from fedcustom.errors import UserError
 from fedcustom.methods.base import METHODS, Method, State
 from fedcustom.methods.distill_parts import (
@@ -173,7 +174,7 @@ class Distill(Method):
         public set. The shared `model` (the server's) is not touched. `seconds` is the whole of it:
         building the client's model on first use, distilling, training and predicting."""
         start = time.perf_counter()
-        device = self.device(cid)
+        device = self.device(cid, model_device(model))
         lr = device.spec.lr or cfg.lr
         received = self.held["logits"]
         steps, examples = 0, 0
@@ -186,17 +187,21 @@ class Distill(Method):
         private = self.private_data(device, data)
         local = train_local(device.model, device.method, private, rows, replace(cfg, lr=lr), seed + 1,
                             progress=progress, **client_config)
-        self.held = {"logits": self.predict(device.model, device.public)}
-        return LocalResult(local.loss, steps + local.steps, examples + local.examples,
-                           time.perf_counter() - start)
+        with autocast(model_device(device.model), cfg.precision):
+            self.held = {"logits": self.predict(device.model, device.public)}
+        trained = examples + local.examples  # one forward and one backward each; predicting: forwards
+        return LocalResult(local.loss, steps + local.steps, trained, time.perf_counter() - start,
+                           forward_passes=trained + len(device.public), backward_passes=trained)
 
-    def device(self, cid: int) -> ClientDevice:
+    def device(self, cid: int, where: torch.device) -> ClientDevice:
+        """Client cid's own model, built on first use on `where` (the server model's device)."""
         if cid not in self.clients:
             spec = self.specs[cid % len(self.specs)] if self.specs else ClientSpec(
                 method=self.options.server_method)
             model, tokenizer, method = build_client_model(
                 spec, self.model_cfg, self.tokenizer, self.num_labels,
                 derived_seed(self.seed, CLIENT_STREAM, cid))
+            model.to(where)
             self.clients[cid] = ClientDevice(spec, model, tokenizer, method,
                                              self.encode_public(tokenizer), {})
         return self.clients[cid]
@@ -233,6 +238,8 @@ class Distill(Method):
         """Logits on every public example, in public-set order (eval batches are length-sorted)."""
         model.eval()
         out = torch.empty(len(public), self.num_labels)
+        device = model_device(model)
         for batch in eval_batches(public, np.arange(len(public)), self.options.batch_size * 4):
-            out[batch.labels] = model(batch.input_ids, batch.attention_mask).float()
+            on_device = batch.to(device)
+            out[batch.labels] = model(on_device.input_ids, on_device.attention_mask).float().cpu()
         return out

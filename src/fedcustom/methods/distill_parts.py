@@ -154,7 +154,7 @@ class ToTargets(Method):
     def loss(self, model: nn.Module, batch: Batch) -> torch.Tensor:
         t = self.temperature
         student = F.log_softmax(model(batch.input_ids, batch.attention_mask) / t, dim=-1)
-        teacher = F.softmax(self.targets[batch.labels] / t, dim=-1)
+        teacher = F.softmax(self.targets[batch.labels.cpu()].to(student.device) / t, dim=-1)
         # x t^2 keeps gradient sizes comparable across temperatures (Hinton et al., 2015)
         return F.kl_div(student, teacher, reduction="batchmean") * t * t
 

@@ -100,7 +100,7 @@ class PromptSearch(BlackBoxMethod):
         losses = torch.zeros(len(candidates), dtype=torch.float64)
         templates = sorted(set(candidates[:, 0].tolist()))
         for template in templates:
-            hidden, labels = hidden_states(model, data, sample, template, cfg.eval_batch_size)
+            hidden, labels = hidden_states(model, data, sample, template, cfg.eval_batch_size, cfg.precision)
             for k in (candidates[:, 0] == template).nonzero().flatten().tolist():
                 logits = model.label_logits(hidden, candidates[k, 1:].tolist())
                 scores[k], losses[k] = accuracy_and_loss(logits, labels)
