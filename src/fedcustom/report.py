@@ -46,6 +46,11 @@ def table(header: list[str], rows: list[list[str]], markdown: bool = False) -> s
     return "\n".join([cells(header), "|" + "|".join(rule) + "|", *map(cells, rows)])
 
 
+def headline_metric(kind: str) -> str:
+    """The metric a run's summary leads with: accuracy, or a generation task's perplexity."""
+    return "test_perplexity" if kind == "generation" else "test_accuracy"
+
+
 def side_by_side(results: dict[str, list[dict[str, Any]]], metric: str = "test_accuracy") -> str:
     """Per-round metric of each mode in columns, then totals per mode."""
     modes = list(results)
