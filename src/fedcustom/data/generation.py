@@ -32,13 +32,13 @@ def has_pairs(df: pd.DataFrame, cfg: DataConfig) -> bool:
 
 
 def load_user_pairs(path: Path, df: pd.DataFrame, cfg: DataConfig) -> Table:
+    if len(df) == 0:  # first: an empty file has no columns either
+        raise UserError(f"{path}: the dataset has no rows")
     for role, column in (("prompt", cfg.prompt_column), ("response", cfg.response_column)):
         if column not in df.columns:
             raise UserError(
                 f"{path}: no {role} column '{column}' (columns: {', '.join(map(str, df.columns))});"
                 f" a generation dataset needs prompt and response fields (set data.{role}_column)")
-    if len(df) == 0:
-        raise UserError(f"{path}: the dataset has no rows")
     prompts, responses = df[cfg.prompt_column].tolist(), df[cfg.response_column].tolist()
     for column, values in ((cfg.prompt_column, prompts), (cfg.response_column, responses)):
         rows = [i for i, v in enumerate(values) if is_missing(v)]
