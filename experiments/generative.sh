@@ -1,5 +1,5 @@
 #!/bin/sh
-# Everything in docs/results/generative, in order (about 50 min on 2 shared CPU cores):
+# Everything in docs/results/generative, in order (about 45 min on 2 shared CPU cores):
 # the study, a centralized prefix run with PEFT's random init (the init comparison), then
 # the init measurement and the study report.
 set -e

@@ -133,3 +133,22 @@ def test_generate_with_a_saved_adapter_matches_plain_peft(tiny_lm_config, tiny_l
 def test_generate_names_a_bad_run_folder(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     assert main(["generate", "--adapter", str(tmp_path), "hi"]) == 2
     assert "not a fedcustom run folder" in capsys.readouterr().err
+
+
+def test_study_report_of_a_generation_study(tiny_lm_config, tmp_path: Path) -> None:
+    import tomli_w
+
+    from fedcustom.config import to_dict
+    from fedcustom.study import load_study, run_study
+    from fedcustom.study_report import write_study_report
+
+    base = to_dict(tiny_lm_config(federation={"rounds": 1}, method={"name": "lora"}))
+    base.pop("name")
+    path = tmp_path / "gen-study.toml"
+    path.write_text(tomli_w.dumps({"study": {"name": "gen"}, "base": base,
+                                   "grid": {"method": {"lora": {"method.name": "lora"}}}}))
+    out = run_study(load_study(path), tmp_path / "studies", log=lambda *_: None)
+    report = write_study_report(out).read_text()
+    assert "untuned ppl" in report and "## Generated examples" in report
+    assert (out / "perplexity.png").is_file() and (out / "rougeL.png").is_file()
+    assert "accuracy" not in report.lower()

@@ -95,6 +95,8 @@ class GenerationConfig:
     """Generation tasks only (a causal LM trained on prompt/response pairs)."""
 
     chat_template: bool = opt(True, "wrap each prompt in the model's chat template when it has one")
+    system_prompt: str = opt("", "system message put before each prompt in the chat template "
+                                 "(empty: the template's own default, if any)")
     max_response_tokens: int = opt(32, "response tokens kept per example; the prompt gets the rest "
                                        "of model.max_length")
     max_new_tokens: int = opt(24, "tokens generated per test example (greedy)")

@@ -32,7 +32,8 @@ def frame(tokenizer: Any, gen: GenerationConfig) -> tuple[list[int], list[int]]:
         # a plain LM: its own start token if it adds one, the prompt, then a newline
         start = tokenizer("", add_special_tokens=True)["input_ids"]
         return list(start), tokenizer("\n", add_special_tokens=False)["input_ids"]
-    text = tokenizer.apply_chat_template([{"role": "user", "content": PLACEHOLDER}],
+    system = [{"role": "system", "content": gen.system_prompt}] if gen.system_prompt else []
+    text = tokenizer.apply_chat_template([*system, {"role": "user", "content": PLACEHOLDER}],
                                          add_generation_prompt=True, tokenize=False)
     before, _, after = text.partition(PLACEHOLDER)
     return (tokenizer(before, add_special_tokens=False)["input_ids"],
