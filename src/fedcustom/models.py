@@ -112,9 +112,10 @@ class TaskModel(nn.Module):
     in `encoder`; the model knows its PEFT task type, its loss and its evaluation, so methods and
     the training loop work on every kind without branching on it."""
 
+    # (A task head, where there is one, is the submodule `head`: every method trains it. No class
+    # attribute declares it: it would hide the registered submodule from nn.Module's lookup.)
     peft_task_type: str = "FEATURE_EXTRACTION"
     encoder: nn.Module
-    head: nn.Module | None = None  # a task head trained with every method (classifiers)
 
     def loss(self, batch: Any) -> torch.Tensor:
         return F.cross_entropy(self(batch.input_ids, batch.attention_mask), batch.labels)
