@@ -23,6 +23,7 @@ import torch
 from fedcustom.attacks import Attack
 from fedcustom.config import ExperimentConfig, dumps, load_config
 from fedcustom.data import load_task_data, partition_indices, partition_table
+from fedcustom.data.batching import Encoded, encode
 from fedcustom.engines import ENGINES, Client, Job
 from fedcustom.errors import UserError
 from fedcustom.faults import Faults
@@ -42,6 +43,11 @@ class ModeResult:
     mode: str
     path: Path
     records: list[dict[str, Any]]
+
+
+def encode_split(split: Any, tokenizer: Any, max_length: int) -> Encoded:
+    """A classification split's token rows (benchmarks and tools; runs go through tasks.py)."""
+    return encode(split["text"], split["label"], tokenizer, max_length)
 
 
 def run_experiment(cfg: ExperimentConfig, log: Any = print, on_record: RecordHook | None = None,

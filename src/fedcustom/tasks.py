@@ -13,7 +13,7 @@ from typing import Any
 from torch import nn
 
 from fedcustom.config import ExperimentConfig
-from fedcustom.data.batching import Encoded, encode
+from fedcustom.data.batching import Encoded
 from fedcustom.data.datasets import TaskData
 from fedcustom.errors import UserError
 from fedcustom.methods.base import Method
@@ -30,7 +30,9 @@ def build_classifier(method: Method, cfg: ExperimentConfig, data: TaskData) -> t
 
 
 def encode_texts(split: Any, tokenizer: Any, cfg: ExperimentConfig) -> Encoded:
-    return encode(split["text"], split["label"], tokenizer, cfg.model.max_length)
+    from fedcustom.experiment import encode_split
+
+    return encode_split(split, tokenizer, cfg.model.max_length)
 
 
 def build_generator(method: Method, cfg: ExperimentConfig, data: TaskData) -> tuple[nn.Module, Any]:
