@@ -1,7 +1,7 @@
 """The generation part of reports: when a study's runs train a causal LM (records carry
-test_perplexity), its report leads with perplexity, ROUGE-L and exact match against the untuned
-model (round 0), per round, a figure of each, and generated examples side by side (the untuned
-model, the federated and the centralized one on the same test articles).
+test_perplexity), its report leads with perplexity, ROUGE-L and exact match against round 0
+(before training), per round, a figure of each, and generated examples side by side (the model
+at round 0, the federated and the centralized one on the same test articles).
 """
 
 from __future__ import annotations
@@ -55,7 +55,7 @@ def results_table(axes: list[str], cells: list[Any]) -> str:
             "n/a" if params is None else f"{params:,}",
             fmt_bytes(per_client_up(fed)) if fed else "n/a",
         ])
-    return table([*axes, "untuned ppl", "federated ppl", "centralized ppl", "untuned ROUGE-L",
+    return table([*axes, "round-0 ppl", "federated ppl", "centralized ppl", "round-0 ROUGE-L",
                   "federated ROUGE-L", "centralized ROUGE-L", "fed EM %", "cen EM %",
                   "trainable params", "up / client / round"], rows, markdown=True)
 
@@ -83,7 +83,7 @@ def examples_table(cells: list[Any], axes: list[str], limit: int = 4) -> str:
             tuned = [short(f[i]["generated"]) if i < len(f) else "n/a" for f in finals]
             rows.append([", ".join(c.labels[a] for a in axes), short(ex["prompt"].split("\n")[-1], 70),
                          short(ex["reference"]), short(ex["generated"]), *tuned])
-    return table(["cell", "article (start)", "reference headline", "untuned", "federated", "centralized"],
+    return table(["cell", "article (start)", "reference headline", "round 0", "federated", "centralized"],
                  rows, markdown=True)
 
 
@@ -98,9 +98,9 @@ def metric_png(curves: list[Curve], key: str, title: str, ylabel: str, scale: fl
 def generation_parts(axes: list[str], cells: list[Any], curves: list[Curve]) -> tuple[list[str], dict]:
     """The report's Markdown parts and its figures {file: (caption, png)}."""
     figures = {
-        "perplexity.png": ("Test perplexity over the response tokens per round (round 0: untuned)",
+        "perplexity.png": ("Test perplexity over the response tokens per round (round 0: before training)",
                            metric_png(curves, "test_perplexity", "Test perplexity per round", "perplexity")),
-        "rougeL.png": ("ROUGE-L F1 (%) of greedy generations per round (round 0: untuned)",
+        "rougeL.png": ("ROUGE-L F1 (%) of greedy generations per round (round 0: before training)",
                        metric_png(curves, "test_rougeL", "ROUGE-L per round", "ROUGE-L F1 (%)", 100)),
     }
     parts = [
@@ -108,15 +108,17 @@ def generation_parts(axes: list[str], cells: list[Any], curves: list[Curve]) -> 
         "Perplexity: exp of the mean cross-entropy over the test responses' tokens (the end token "
         "included), all test examples. ROUGE-L (F1, %, rouge-score with stemming) and exact match "
         "(after lowercasing and dropping punctuation): greedy generations for the first "
-        "generation.eval_examples test examples. Untuned: round 0, before any training (the same "
-        "start for both modes). Federated: the last round; centralized: the last epoch (one "
-        "client with all training data, the same rounds x local epochs).",
+        "generation.eval_examples test examples. Round 0: before any training, the same start for "
+        "both modes (a method that starts as the identity, like LoRA, is the untuned model there; "
+        "an initialized prefix or soft prompt already shifts it a little). Federated: the last "
+        "round; centralized: the last epoch (one client with all training data, the same rounds x "
+        "local epochs).",
         results_table(axes, cells),
         "## Test perplexity per round", per_round_table(curves, "test_perplexity", 1.0, ".2f"),
         "## ROUGE-L per round", per_round_table(curves, "test_rougeL", 100.0, ".1f"),
         "## Generated examples",
-        "The first test examples of every run's records: the untuned model (round 0) and the "
-        "final federated and centralized models on the same articles.",
+        "The first test examples of every run's records: the model at round 0 (before training) "
+        "and the final federated and centralized models on the same articles.",
         examples_table(cells, axes),
     ]
     return parts, figures
