@@ -129,6 +129,11 @@ def test_generate_with_a_saved_adapter_matches_plain_peft(tiny_lm_config, tiny_l
                          do_sample=False, pad_token_id=tokenizer.pad_token_id)
     assert ours == tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True).strip()
 
+    from fedcustom.report import write_report
+
+    report = write_report([path]).read_text()  # one run's report leads with perplexity too
+    assert "round-0 ppl" in report and (path / "perplexity.png").is_file()
+
 
 def test_generate_names_a_bad_run_folder(tmp_path: Path, capsys: pytest.CaptureFixture) -> None:
     assert main(["generate", "--adapter", str(tmp_path), "hi"]) == 2

@@ -122,3 +122,16 @@ def generation_parts(axes: list[str], cells: list[Any], curves: list[Curve]) -> 
         examples_table(cells, axes),
     ]
     return parts, figures
+
+
+def generation_report(runs: list[Any], curves: list[Curve], head: list[str]) -> tuple[str, dict] | None:
+    """`fedcustom report RUN_DIR...` of generation runs: each run is one cell (its modes side by
+    side). None when the runs are classification runs."""
+    from fedcustom.study_report import CellResult
+
+    cells = [CellResult({"run": r.name}, [r.config.get("seed", 0)], [r], [r]) for r in runs]
+    if not is_generation(cells):
+        return None
+    parts, figures = generation_parts(["run"], cells, curves)
+    parts += ["## Figures", *(f"![{caption}]({name})" for name, (caption, _) in figures.items())]
+    return "\n\n".join([*head, *parts]) + "\n", figures
