@@ -77,3 +77,62 @@ def tiny_config(tiny_model_dir: Path, sentiment_csv: Path, tmp_path: Path):
         return build(ExperimentConfig, raw)
 
     return make
+
+
+@pytest.fixture(scope="session")
+def tiny_llama_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny randomly initialized Llama-style causal LM (2 layers, hidden 32, grouped-query
+    attention like SmolLM2) with the packaged SmolLM2 tokenizer and its chat template."""
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    path = tmp_path_factory.mktemp("tiny-llama")
+    tokenizer = AutoTokenizer.from_pretrained(resolve("smollm2")[0])
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=len(tokenizer), hidden_size=32, num_hidden_layers=2,
+                         num_attention_heads=4, num_key_value_heads=2, intermediate_size=64,
+                         max_position_embeddings=256, tie_word_embeddings=True,
+                         eos_token_id=tokenizer.eos_token_id, pad_token_id=tokenizer.pad_token_id)
+    LlamaForCausalLM(config).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="session")
+def pairs_jsonl(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """60 prompt/response pairs (the response repeats the prompt's last words), in 3 groups."""
+    import json
+
+    rng = random.Random(0)
+    words = POSITIVE + NEGATIVE
+    rows = []
+    for i in range(60):
+        picked = rng.choices(words, k=rng.randint(3, 7))
+        rows.append({"prompt": "echo the last two words: " + " ".join(picked),
+                     "response": " ".join(picked[-2:]), "group": f"g{i % 3}"})
+    path = tmp_path_factory.mktemp("pairs") / "pairs.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+@pytest.fixture
+def tiny_lm_config(tiny_llama_dir: Path, pairs_jsonl: Path, tmp_path: Path):
+    """A 2-client x 2-round generation experiment on the tiny Llama model."""
+
+    def make(**sections: dict) -> ExperimentConfig:
+        raw = {
+            "name": "tiny-lm", "output_dir": str(tmp_path / "runs"), "threads": 1,
+            "modes": ["federated", "centralized"],
+            "model": {"name": str(tiny_llama_dir), "max_length": 64},
+            "data": {"dataset": str(pairs_jsonl), "label_column": "group", "test_fraction": 0.2},
+            "partition": {"scheme": "iid", "num_clients": 2},
+            "method": {"name": "prefix", "num_virtual_tokens": 4},
+            "train": {"batch_size": 8, "lr": 0.01},
+            "federation": {"rounds": 2},
+            "generation": {"eval_examples": 3, "show_examples": 2, "max_new_tokens": 4},
+        }
+        for key, value in sections.items():
+            merge = isinstance(value, dict) and not (key == "method" and "name" in value)
+            raw[key] = {**raw.get(key, {}), **value} if merge else value
+        return build(ExperimentConfig, raw)
+
+    return make

@@ -38,7 +38,7 @@ def labels_of(task: TaskData) -> list[int]:
 
 def test_list_datasets_names_every_builtin() -> None:
     names = [name for name, _ in list_datasets()]
-    assert names == ["bbc-news", "rotten-tomatoes"]
+    assert names == ["bbc-headlines", "bbc-news", "rotten-tomatoes"]
     assert all(description for _, description in list_datasets())
 
 
@@ -182,7 +182,7 @@ def test_bad_csv_raises_user_error(tmp_path: Path, content: str, message: str) -
 
 def test_unknown_name_and_unsupported_or_broken_files(tmp_path: Path) -> None:
     expected = (
-        "unknown dataset 'imdb'; expected one of: bbc-news, rotten-tomatoes, "
+        "unknown dataset 'imdb'; expected one of: bbc-headlines, bbc-news, rotten-tomatoes, "
         "or a path to a .csv/.jsonl file or a saved dataset directory"
     )
     with pytest.raises(UserError) as info:

@@ -72,7 +72,8 @@ def cmd_datasets(args: argparse.Namespace) -> None:
     for name, description in list_datasets():
         print(f"{name:18s} {description}")
     print("or a path: a .csv / .jsonl file or a saved HF dataset directory "
-          "(set data.text_column and data.label_column)")
+          "(set data.text_column and data.label_column; generation data: prompt and response "
+          "columns, see data.prompt_column / data.response_column)")
 
 
 def cmd_methods(args: argparse.Namespace) -> None:

@@ -62,6 +62,11 @@ class DataConfig:
     split_seed: int = opt(0, "seed of the train/test split; fixed so every run sees the same test set")
     max_train_examples: int = opt(0, "keep at most this many training examples (0: all)")
     max_test_examples: int = opt(0, "keep at most this many test examples (0: all)")
+    task: Literal["auto", "classification", "generation"] = opt(
+        "auto", "what a user file holds: labelled text, or prompt/response pairs (auto: generation "
+                "when it has the prompt and response columns; built-in datasets know their task)")
+    prompt_column: str = opt("prompt", "column holding the prompt (user generation data)")
+    response_column: str = opt("response", "column holding the response (user generation data)")
 
     def __post_init__(self) -> None:
         check(0 < self.test_fraction < 1, "test_fraction", "a number in (0, 1)")
@@ -83,6 +88,28 @@ class PartitionConfig:
         check(self.alpha > 0, "alpha", "a number > 0")
         check(self.shards_per_client >= 1, "shards_per_client", "an integer >= 1")
         check(self.min_size >= 1, "min_size", "an integer >= 1")
+
+
+@dataclass(frozen=True)
+class GenerationConfig:
+    """Generation tasks only (a causal LM trained on prompt/response pairs)."""
+
+    chat_template: bool = opt(True, "wrap each prompt in the model's chat template when it has one")
+    system_prompt: str = opt("", "system message put before each prompt in the chat template "
+                                 "(empty: the template's own default, if any)")
+    max_response_tokens: int = opt(32, "response tokens kept per example; the prompt gets the rest "
+                                       "of model.max_length")
+    max_new_tokens: int = opt(24, "tokens generated per test example (greedy)")
+    eval_examples: int = opt(24, "test examples generated for ROUGE-L and exact match each round "
+                                 "(perplexity uses the whole test set)")
+    show_examples: int = opt(3, "generated test examples stored in each round's record")
+
+    def __post_init__(self) -> None:
+        check(self.max_response_tokens >= 1, "max_response_tokens", "an integer >= 1")
+        check(self.max_new_tokens >= 1, "max_new_tokens", "an integer >= 1")
+        check(self.eval_examples >= 0, "eval_examples", "an integer >= 0")
+        check(0 <= self.show_examples <= self.eval_examples or self.show_examples == 0,
+              "show_examples", "an integer in [0, eval_examples]")
 
 
 @dataclass(frozen=True)
@@ -218,6 +245,7 @@ class ExperimentConfig:
     federation: FederationConfig = field(default_factory=FederationConfig)
     attack: AttackConfig = field(default_factory=AttackConfig)
     faults: FaultsConfig = field(default_factory=FaultsConfig)
+    generation: GenerationConfig = field(default_factory=GenerationConfig)
     flower: FlowerConfig = field(default_factory=FlowerConfig)
 
     def __post_init__(self) -> None:

@@ -1,4 +1,5 @@
-"""Metrics of a global model on held-out data: accuracy, macro-F1 and loss for classification."""
+"""Metrics of a global model on held-out data: accuracy, macro-F1 and loss for classification;
+ROUGE-L and exact match of generated text (perplexity comes with the language model, lm.py)."""
 
 from __future__ import annotations
 
@@ -32,3 +33,19 @@ def evaluate_classifier(
         "macro_f1": float(f1_score(y_true, y_pred, average="macro", zero_division=0)),
         "loss": loss_sum / len(y_true),
     }
+
+
+def normalize(text: str) -> str:
+    """Lowercase, punctuation dropped, whitespace collapsed: what exact match compares."""
+    return " ".join("".join(c for c in text.lower() if c.isalnum() or c.isspace()).split())
+
+
+def generation_scores(predictions: list[str], references: list[str]) -> dict[str, float]:
+    """Mean ROUGE-L F1 (rouge-score, stemmed) and normalized exact match over the pairs."""
+    from rouge_score import rouge_scorer
+
+    scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
+    rouge = [scorer.score(ref, pred)["rougeL"].fmeasure for pred, ref in zip(predictions, references,
+                                                                             strict=True)]
+    exact = [normalize(p) == normalize(r) for p, r in zip(predictions, references, strict=True)]
+    return {"rougeL": float(np.mean(rouge)), "exact_match": float(np.mean(exact))}

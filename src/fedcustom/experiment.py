@@ -30,10 +30,11 @@ from fedcustom.errors import UserError
 from fedcustom.faults import Faults
 from fedcustom.methods import METHODS
 from fedcustom.methods.base import State
-from fedcustom.report import side_by_side
+from fedcustom.report import headline_metric, side_by_side
 from fedcustom.results import RunWriter, atomic_write, new_run_dir
 from fedcustom.strategies import STRATEGIES
 from fedcustom.strategies.fedavg import FedAvg, FedAvgOptions
+from fedcustom.tasks import task_for
 
 RecordHook = Callable[[str, dict[str, Any]], None]  # (mode, record), once the record is saved
 
@@ -46,6 +47,7 @@ class ModeResult:
 
 
 def encode_split(split: Any, tokenizer: Any, max_length: int) -> Encoded:
+    """A classification split's token rows (benchmarks and tools; runs go through tasks.py)."""
     return encode(split["text"], split["label"], tokenizer, max_length)
 
 
@@ -72,7 +74,8 @@ def execute(cfg: ExperimentConfig, resume_dir: Path | None, log: Any,
     data = load_task_data(cfg.data)
     parts = partition_indices(data.train, cfg.partition, cfg.seed)  # fails early on a bad split
     method = METHODS.get(cfg.method.name)(cfg.method.options)
-    model, tokenizer = method.build_model(cfg.model, len(data.label_names), cfg.seed)
+    task = task_for(cfg, method, data)
+    model, tokenizer = task.build_model(method, cfg, data)
     # Inputs are all checked (config, data, partition, model): only now is anything written.
     if into is not None:
         into.mkdir(parents=True, exist_ok=True)
@@ -90,12 +93,12 @@ def execute(cfg: ExperimentConfig, resume_dir: Path | None, log: Any,
     n_params = sum(v.numel() for v in initial.values())
     log(f"method {method.name}: {n_params:,} trainable parameters")
 
-    train = encode_split(data.train, tokenizer, cfg.model.max_length)
-    held_out = {"test": encode_split(data.test, tokenizer, cfg.model.max_length)}
+    train = task.encode(data.train, tokenizer, cfg)
+    held_out = {"test": task.encode(data.test, tokenizer, cfg)}
     if data.validation is not None:
-        held_out["val"] = encode_split(data.validation, tokenizer, cfg.model.max_length)
+        held_out["val"] = task.encode(data.validation, tokenizer, cfg)
 
-    def evaluate(m: torch.nn.Module) -> dict[str, float]:
+    def evaluate(m: torch.nn.Module) -> dict[str, Any]:
         out = {}
         for split, enc in held_out.items():
             with autocast(device, cfg.train.precision):
@@ -139,7 +142,7 @@ def execute(cfg: ExperimentConfig, resume_dir: Path | None, log: Any,
         return ModeResult(mode, writer.path, writer.records)
 
     results = {mode: run_mode(mode) for mode in cfg.modes}
-    summary = side_by_side({m: r.records for m, r in results.items()})
+    summary = side_by_side({m: r.records for m, r in results.items()}, headline_metric(data.kind))
     atomic_write(run_dir / "summary.txt", summary + "\n")
     log(f"\n{summary}\n\nresults: {run_dir}")
     return results

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from fedcustom.config import ModelConfig
@@ -106,7 +107,26 @@ def load_causal_lm(cfg: ModelConfig) -> tuple[nn.Module, Any]:
     return lm, tokenizer
 
 
-class Classifier(nn.Module):
+class TaskModel(nn.Module):
+    """A model of one task kind (classifier, language model): the transformer a method wraps sits
+    in `encoder`; the model knows its PEFT task type, its loss and its evaluation, so methods and
+    the training loop work on every kind without branching on it."""
+
+    # (A task head, where there is one, is the submodule `head`: every method trains it. No class
+    # attribute declares it: it would hide the registered submodule from nn.Module's lookup.)
+    peft_task_type: str = "FEATURE_EXTRACTION"
+    encoder: nn.Module
+
+    def loss(self, batch: Any) -> torch.Tensor:
+        return F.cross_entropy(self(batch.input_ids, batch.attention_mask), batch.labels)
+
+    def evaluate(self, data: Any, batch_size: int) -> dict[str, Any]:
+        from fedcustom.evaluation import evaluate_classifier
+
+        return evaluate_classifier(self, data, batch_size)
+
+
+class Classifier(TaskModel):
     """Encoder -> pooled vector -> linear head. The encoder may be wrapped by a PEFT method."""
 
     def __init__(self, encoder: nn.Module, hidden_size: int, num_labels: int, pooling: str) -> None:

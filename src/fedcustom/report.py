@@ -46,6 +46,11 @@ def table(header: list[str], rows: list[list[str]], markdown: bool = False) -> s
     return "\n".join([cells(header), "|" + "|".join(rule) + "|", *map(cells, rows)])
 
 
+def headline_metric(kind: str) -> str:
+    """The metric a run's summary leads with: accuracy, or a generation task's perplexity."""
+    return "test_perplexity" if kind == "generation" else "test_accuracy"
+
+
 def side_by_side(results: dict[str, list[dict[str, Any]]], metric: str = "test_accuracy") -> str:
     """Per-round metric of each mode in columns, then totals per mode."""
     modes = list(results)
@@ -269,6 +274,7 @@ def write_report(run_dirs: list[str | Path], out: str | Path | None = None) -> P
     """Read the run folders, then write the figures and report.md into `out` (default: the run
     folder when there is one, ./report when there are several). Returns report.md's path."""
     from fedcustom.plots import FIGURES, Curve
+    from fedcustom.report_generation import generation_report
     from fedcustom.results import atomic_write
 
     if not run_dirs:
@@ -278,6 +284,16 @@ def write_report(run_dirs: list[str | Path], out: str | Path | None = None) -> P
     if out.exists() and not out.is_dir():
         raise UserError(f"--out {out}: exists and is not a folder")
     curves = [Curve(run.label(mode), mode, records) for run in runs for mode, records in run.modes.items()]
+    title = runs[0].path.name if len(runs) == 1 else f"{len(runs)} runs"
+    head = [f"# fedcustom report: {title}", "Run folders: " + ", ".join(f"`{run.path}`" for run in runs),
+            "## Settings", settings_table(runs)]
+    generation = generation_report(runs, curves, head)  # a causal LM's runs: perplexity, ROUGE-L
+    if generation is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        for name, (_, png) in generation[1].items():
+            atomic_write(out / name, png)
+        atomic_write(out / "report.md", generation[0])
+        return out / "report.md"
     images = {name: plot(curves) for name, (_, plot) in FIGURES.items()}
     out.mkdir(parents=True, exist_ok=True)
     for name, png in images.items():

@@ -17,6 +17,7 @@ from typing import Any
 from fedcustom.errors import UserError
 from fedcustom.plots import Curve
 from fedcustom.report import RunFolder, fmt_bytes, load_run, pct, summarize, table
+from fedcustom.report_generation import generation_parts, is_generation
 
 
 @dataclass
@@ -155,7 +156,11 @@ def write_study_report(study_dir: Path, out: Path | None = None) -> Path:
     index, cells = load_study_results(study_dir)
     out = out or study_dir
     axes = [a["name"] for a in index["axes"]]
-    figures = study_figures(index, cells)
+    generation = is_generation(cells)
+    if generation:  # a causal LM's study: perplexity / ROUGE-L instead of accuracy
+        results, figures = generation_parts(axes, cells, curves(cells))
+    else:
+        figures = study_figures(index, cells)
     timings_path = study_dir / "timings.json"
     timings = json.loads(timings_path.read_text()) if timings_path.is_file() else {}
     finished = len({id(r) for c in cells for r in c.fed + c.cen})
@@ -166,19 +171,23 @@ def write_study_report(study_dir: Path, out: Path | None = None) -> Path:
         f"seeds {index['seeds']}; {len(index['runs'])} runs, {finished} with records. "
         f"Compute: {sum(timings.values()) / 60:.1f} min of wall time for the runs made so far "
         "(timings.json).",
-        "## Results per cell",
-        "Test accuracy at the last round (federated) or epoch (centralized: one client with all "
-        "training data, the same rounds x local epochs). Gap: federated minus centralized, in "
-        "percentage points. Trainable parameters are counted in the saved final state; bytes are "
-        "serialized payload sizes measured on the wire; forward and backward passes are single "
-        "examples through the model in a client's local work (a gradient step on a batch of 8 is 8 "
-        "of each; scoring 8 prompts on 16 examples with one template is 16 forwards), evaluation "
-        "not counted; client seconds are summed over a round's clients."
-        + (" Several seeds: mean (min..max)." if len(index["seeds"]) > 1 else ""),
-        cells_table(axes, cells),
-        "## Test accuracy per round", per_round_table(cells),
-        "## Figures", *(f"![{caption}]({name})" for name, (caption, _) in figures.items()),
     ]
+    if generation:
+        parts += results
+    else:
+        parts += [
+            "## Results per cell",
+            "Test accuracy at the last round (federated) or epoch (centralized: one client with all "
+            "training data, the same rounds x local epochs). Gap: federated minus centralized, in "
+            "percentage points. Trainable parameters are counted in the saved final state; bytes are "
+            "serialized payload sizes measured on the wire; forward and backward passes are single "
+            "examples through the model in a client's local work (a gradient step on a batch of 8 is 8 "
+            "of each; scoring 8 prompts on 16 examples with one template is 16 forwards), evaluation "
+            "not counted; client seconds are summed over a round's clients."
+            + (" Several seeds: mean (min..max)." if len(index["seeds"]) > 1 else ""),
+            cells_table(axes, cells),
+            "## Test accuracy per round", per_round_table(cells)]
+    parts += ["## Figures", *(f"![{caption}]({name})" for name, (caption, _) in figures.items())]
     out.mkdir(parents=True, exist_ok=True)
     for name, (_, png) in figures.items():
         atomic_write(out / name, png)

@@ -20,7 +20,13 @@ BUCKET_BATCHES = 32  # batches per sorting window: enough to group lengths, smal
 class Encoded:
     input_ids: torch.Tensor  # [N, max_length], right-padded
     lengths: torch.Tensor  # [N]
-    labels: torch.Tensor  # [N]
+    # [N] class ids; or, for generation, [N, max_length] next-token targets: the input ids on
+    # response tokens and -100 (ignored by the loss) on prompt and padding
+    labels: torch.Tensor
+    # generation only: where each prompt ends, and the texts shown next to generated examples
+    prompt_lengths: torch.Tensor | None = None
+    prompts: list[str] | None = None
+    references: list[str] | None = None
 
     def __len__(self) -> int:
         return len(self.labels)
@@ -54,7 +60,9 @@ def take(data: Encoded, rows: np.ndarray) -> Batch:
     lengths = data.lengths[index]
     width = int(lengths.max())
     mask = torch.arange(width).unsqueeze(0) < lengths.unsqueeze(1)
-    return Batch(data.input_ids[index, :width], mask.long(), data.labels[index])
+    labels = data.labels[index]
+    return Batch(data.input_ids[index, :width], mask.long(),
+                 labels[:, :width] if labels.dim() == 2 else labels)
 
 
 def train_batches(

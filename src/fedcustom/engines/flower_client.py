@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import os
 from functools import lru_cache
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -21,7 +20,8 @@ import torch
 from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
 from flwr.clientapp import ClientApp
 
-from fedcustom.config import ExperimentConfig, build
+from fedcustom.config import DataConfig, ExperimentConfig, build
+from fedcustom.data.datasets import TaskData
 from fedcustom.device import resolve_device
 from fedcustom.engines.base import Client, Job, client_update
 from fedcustom.engines.secagg import (
@@ -47,40 +47,51 @@ def client_job(config_text: str, label_names_json: str, data_path: str, cid: int
     prepared model, the training data and the clients' rows. With a data path, client `cid` trains
     on every row of its own file; otherwise every client has its partition of the configured
     dataset, exactly the rows the in-process engine gives it (pass cid = -1: the job serves all)."""
+    from dataclasses import replace
+
     from fedcustom.attacks import Attack
     from fedcustom.data import load_task_data, partition_indices
-    from fedcustom.data.batching import encode
-    from fedcustom.data.datasets import load_user_data
     from fedcustom.faults import Faults
     from fedcustom.methods import METHODS
     from fedcustom.strategies.fedavg import FedAvg, FedAvgOptions
+    from fedcustom.tasks import task_for
 
     cfg = config_from_text(config_text)
     label_names = json.loads(label_names_json)
     torch.set_num_threads(cfg.threads or os.cpu_count() or 1)
     method = METHODS.get(cfg.method.name)(cfg.method.options)
-    model, tokenizer = method.build_model(cfg.model, len(label_names), cfg.seed)
+    if data_path:
+        data = site_data(replace(cfg.data, dataset=data_path), label_names)
+        rows_by_client = [np.array([], dtype=np.int64)] * cfg.partition.num_clients
+        rows_by_client[cid] = np.arange(len(data.train))
+    else:
+        data = load_task_data(cfg.data)
+        rows_by_client = partition_indices(data.train, cfg.partition, cfg.seed)
+    task = task_for(cfg, method, data)
+    model, tokenizer = task.build_model(method, cfg, data)
     method.prepare(model)
     model.to(resolve_device(cfg.device))  # a site's own GPU, if it has one (`device = "auto"`)
-    rows_by_client = [np.array([], dtype=np.int64)] * cfg.partition.num_clients
-    if data_path:
-        table = load_user_data(Path(data_path), cfg.data.text_column, cfg.data.label_column)
-        unknown = sorted(set(table.label_names) - set(label_names))
-        if unknown:
-            raise UserError(f"{data_path}: labels {unknown} are not among the federation's {label_names}")
-        labels = [label_names.index(table.label_names[i]) for i in table.labels]
-        data = encode(table.texts, labels, tokenizer, cfg.model.max_length)
-        rows_by_client[cid] = np.arange(len(labels))
-    else:
-        train = load_task_data(cfg.data).train
-        rows_by_client = partition_indices(train, cfg.partition, cfg.seed)
-        data = encode(train["text"], train["label"], tokenizer, cfg.model.max_length)
     clients = [Client(i, rows) for i, rows in enumerate(rows_by_client)]
     attack = Attack.from_config(cfg.attack, len(clients), len(label_names), cfg.seed)
     faults = Faults(cfg.faults, len(clients), len(label_names), cfg.seed)
-    return Job(model, method, FedAvg(FedAvgOptions()), clients, data, cfg.train, cfg.federation.rounds,
-               cfg.federation.fraction_fit, cfg.seed, lambda _m: {}, lambda _r, _s: None,
-               attack=attack, faults=faults)
+    return Job(model, method, FedAvg(FedAvgOptions()), clients, task.encode(data.train, tokenizer, cfg),
+               cfg.train, cfg.federation.rounds, cfg.federation.fraction_fit, cfg.seed,
+               lambda _m: {}, lambda _r, _s: None, attack=attack, faults=faults)
+
+
+def site_data(cfg: DataConfig, label_names: list[str]) -> TaskData:
+    """A site's own file, every row for training, its labels numbered as the federation's are."""
+    from fedcustom.data.datasets import Table, load_table, to_dataset
+
+    table = load_table(cfg)
+    if table.targets is None:  # class labels: the site's names must be the federation's
+        unknown = sorted(set(table.label_names) - set(label_names))
+        if unknown:
+            raise UserError(f"{cfg.dataset}: labels {unknown} are not among the federation's {label_names}")
+        labels = np.array([label_names.index(table.label_names[i]) for i in table.labels], dtype=np.int64)
+        table = Table(table.texts, labels, label_names, None)
+    train = to_dataset(table, np.arange(len(table.texts)))
+    return TaskData(cfg.dataset, train, train, None, label_names)
 
 
 def node_client_id(context: Context) -> int:

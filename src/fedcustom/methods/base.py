@@ -34,6 +34,8 @@ class Method(ABC):
     summary: ClassVar[str]
     # What the method exchanges: weights | logits | scores | none (see DESIGN.md).
     exchange: ClassVar[str] = "weights"
+    # The task kinds (tasks.py) the method can train: its model builder and loss fit these.
+    tasks: ClassVar[frozenset[str]] = frozenset({"classification"})
     Options: ClassVar[type]
 
     def __init__(self, options: object) -> None:
@@ -48,12 +50,26 @@ class Method(ABC):
     def evaluate(self, model: nn.Module, data: Encoded, batch_size: int) -> dict[str, float]:
         """Metrics of `model` on held-out `data` (names without the split prefix)."""
         from fedcustom.evaluation import evaluate_classifier
+        from fedcustom.models import TaskModel
 
+        if isinstance(model, TaskModel):  # the task (classification, generation) knows its metrics
+            return model.evaluate(data, batch_size)
         return evaluate_classifier(model, data, batch_size)
 
     @abstractmethod
     def prepare(self, model: nn.Module) -> nn.Module:
         """Wrap and freeze `model` so exactly the method's tensors require grad."""
+
+    @staticmethod
+    def wrap_peft(model: nn.Module, peft_config: Any) -> nn.Module:
+        """Wrap the task model's transformer with PEFT and train its task head, if it has one."""
+        from peft import get_peft_model
+
+        model.encoder = get_peft_model(model.encoder, peft_config)
+        head = getattr(model, "head", None)
+        if head is not None:
+            head.requires_grad_(True)
+        return model
 
     def trainable(self, model: nn.Module) -> dict[str, nn.Parameter]:
         return {n: p for n, p in model.named_parameters() if p.requires_grad}
@@ -86,6 +102,10 @@ class Method(ABC):
         return train_local(model, self, data, rows, cfg, seed, progress=progress, **client_config)
 
     def loss(self, model: nn.Module, batch: Batch) -> torch.Tensor:
+        from fedcustom.models import TaskModel
+
+        if isinstance(model, TaskModel):  # e.g. a language model's response-only loss
+            return model.loss(batch)
         return F.cross_entropy(model(batch.input_ids, batch.attention_mask), batch.labels)
 
     def save_adapter(self, model: nn.Module, path: Path) -> None:

@@ -40,6 +40,7 @@ class Full(Method):
     summary = "full fine-tuning: every encoder weight the output uses, and the head, trained and exchanged"
     Options = FullOptions
     options: FullOptions
+    tasks = frozenset({"classification", "generation"})
 
     def prepare(self, model: nn.Module) -> nn.Module:
         model.requires_grad_(True)

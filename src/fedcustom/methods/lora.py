@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
-from peft import LoraConfig, TaskType, get_peft_model
+from peft import LoraConfig
 from torch import nn
 
 from fedcustom.config import check, opt
@@ -34,21 +34,20 @@ class LoraOptions:
 
 @METHODS.register("lora")
 class Lora(Method):
-    summary = "LoRA: trainable low-rank updates to the encoder's linear layers (PEFT)"
+    summary = "LoRA: trainable low-rank updates to the transformer's linear layers (PEFT)"
     Options = LoraOptions
     options: LoraOptions
+    tasks = frozenset({"classification", "generation"})
 
     def prepare(self, model: nn.Module) -> nn.Module:
         peft_config = LoraConfig(
-            task_type=TaskType.FEATURE_EXTRACTION,
+            task_type=model.peft_task_type,
             r=self.options.rank,
             lora_alpha=self.options.alpha,
             lora_dropout=self.options.dropout,
             target_modules=list(self.options.target_modules) or None,
         )
         try:
-            model.encoder = get_peft_model(model.encoder, peft_config)
+            return self.wrap_peft(model, peft_config)
         except ValueError as e:  # no default target modules for this architecture, or no match
             raise UserError(f"method.target_modules: {str(e).splitlines()[0]}") from None
-        model.head.requires_grad_(True)
-        return model

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from typing import Literal
 
 import torch
-from peft import PrefixTuningConfig, TaskType, get_peft_model
+from peft import PrefixTuningConfig
 from torch import nn
 
 from fedcustom.config import check, opt
@@ -111,16 +111,16 @@ class Prefix(Method):
     summary = "prefix-tuning: trainable key/value prefixes at every layer (PEFT)"
     Options = PrefixOptions
     options: PrefixOptions
+    tasks = frozenset({"classification", "generation"})
 
     def prepare(self, model: nn.Module) -> nn.Module:
         peft_config = PrefixTuningConfig(
-            task_type=TaskType.FEATURE_EXTRACTION,
+            task_type=model.peft_task_type,
             num_virtual_tokens=self.options.num_virtual_tokens,
             prefix_projection=self.options.projection,
             encoder_hidden_size=self.options.projection_hidden,
         )
-        model.encoder = get_peft_model(model.encoder, peft_config)
+        self.wrap_peft(model, peft_config)
         if self.options.init == "activations":
             init_from_activations(model.encoder, self.options.init_text)
-        model.head.requires_grad_(True)
         return model

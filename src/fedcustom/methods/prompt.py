@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Literal
 
-from peft import PromptTuningConfig, PromptTuningInit, TaskType, get_peft_model
+from peft import PromptTuningConfig, PromptTuningInit
 from torch import nn
 
 from fedcustom.config import check, opt
@@ -36,17 +36,16 @@ class Prompt(Method):
     summary = "prompt tuning: trainable soft-prompt embeddings prepended to the input (PEFT)"
     Options = PromptOptions
     options: PromptOptions
+    tasks = frozenset({"classification", "generation"})
 
     def prepare(self, model: nn.Module) -> nn.Module:
         text = self.options.init == "text"
         peft_config = PromptTuningConfig(
-            task_type=TaskType.FEATURE_EXTRACTION,
+            task_type=model.peft_task_type,
             num_virtual_tokens=self.options.num_virtual_tokens,
             prompt_tuning_init=PromptTuningInit.TEXT if text else PromptTuningInit.RANDOM,
             prompt_tuning_init_text=self.options.init_text if text else None,
             # PEFT tokenizes init_text itself; the backbone's folder or hub id holds its tokenizer.
             tokenizer_name_or_path=model.encoder.config.name_or_path if text else None,
         )
-        model.encoder = get_peft_model(model.encoder, peft_config)
-        model.head.requires_grad_(True)
-        return model
+        return self.wrap_peft(model, peft_config)
