@@ -37,7 +37,7 @@ def mode_records(runs: list[Any], mode: str) -> list[dict[str, Any]] | None:
 
 
 def results_table(axes: list[str], cells: list[Any]) -> str:
-    from fedcustom.study_report import per_client_up, trainable_parameters
+    from fedcustom.study_report import per_client, trainable_parameters
 
     rows = []
     for c in cells:
@@ -53,7 +53,7 @@ def results_table(axes: list[str], cells: list[Any]) -> str:
             num(100 * value(fed, "test_exact_match"), ".0f"),
             num(100 * value(cen, "test_exact_match"), ".0f"),
             "n/a" if params is None else f"{params:,}",
-            fmt_bytes(per_client_up(fed)) if fed else "n/a",
+            fmt_bytes(per_client(fed)) if fed else "n/a",
         ])
     return table([*axes, "round-0 ppl", "federated ppl", "centralized ppl", "round-0 ROUGE-L",
                   "federated ROUGE-L", "centralized ROUGE-L", "fed EM %", "cen EM %",
