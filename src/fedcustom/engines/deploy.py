@@ -15,12 +15,14 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import re
 import shutil
 import signal
 import socket
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -98,7 +100,7 @@ def superlink_command(port: int, host: str, security: Security, auth: bool = Fal
 
 def supernode_command(superlink: str, client_id: int, security: Security, port: int,
                       data_path: Path | None = None, auth_key: Path | None = None) -> list[str]:
-    node_config = f"{'client-id'}={client_id}"
+    node_config = f"client-id={client_id}"
     if data_path is not None:
         node_config += f' data-path="{data_path.resolve()}"'
     cmd = [flower_bin("flower-supernode"), "--superlink", superlink, "--port", str(port),
@@ -159,16 +161,26 @@ def submit(config_text: str, run_dir: Path, superlink: str, security: Security, 
         write_connection(home, superlink, security)
         app = write_app(Path(tmp) / "app", config_text, run_dir, resume)
         env = flower_env(home)
-        proc = subprocess.run([flower_bin("flwr"), "run", str(app), "fedcustom", "--stream"], env=env,
-                              timeout=timeout, check=False, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                              text=True)
-        print(proc.stdout, end="", flush=True)
-        listing = subprocess.run([flower_bin("flwr"), "list", "fedcustom", "--format", "json"], env=env,
-                                 check=False, capture_output=True, text=True, timeout=60)
+        proc = subprocess.Popen([flower_bin("flwr"), "run", str(app), "fedcustom", "--stream"], env=env,
+                                stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+        timer = threading.Timer(timeout, proc.kill) if timeout else None
+        if timer is not None:
+            timer.start()
+        run_id = None
+        for line in proc.stdout:  # type: ignore[union-attr]
+            print(line, end="", flush=True)
+            started = re.search(r"Successfully started run (\d+)", line)
+            run_id = started.group(1) if started else run_id
+        proc.wait()
+        if timer is not None:
+            timer.cancel()
+        if run_id is None:
+            return f"not started (flwr run exited with {proc.returncode})"
+        listing = subprocess.run([flower_bin("flwr"), "list", "fedcustom", "--run-id", run_id, "--format",
+                                  "json"], env=env, check=False, capture_output=True, text=True, timeout=60)
     try:
-        runs = json.loads(listing.stdout)["runs"]
-        return str(max(runs, key=lambda r: int(r["run-id"]))["status"])
-    except (ValueError, KeyError, TypeError):
+        return str(json.loads(listing.stdout)["runs"][0]["status"])
+    except (ValueError, KeyError, IndexError, TypeError):
         return f"unknown (flwr run exited with {proc.returncode})"
 
 
