@@ -9,15 +9,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from contract_checks import assert_training_changes_the_state_and_nothing_else
 from safetensors.torch import load_file
 
-from fedcustom.config import ConfigError, ExperimentConfig, ModelConfig, TrainConfig, build
+from fedcustom.config import ConfigError, ExperimentConfig, ModelConfig, build
 from fedcustom.experiment import run_experiment
 from fedcustom.methods import METHODS, Method
 from fedcustom.models import Classifier, build_classifier
 from fedcustom.payload import deserialize, serialize
 from fedcustom.strategies.fedavg import FedAvg, FedAvgOptions
-from fedcustom.training import train_local
 
 TEXTS = ["a warm and funny film", "dull", "the plot was tedious and the acting flat", "superb"]
 LABELS = [1, 0, 0, 1]
@@ -73,15 +73,8 @@ def test_training_changes_the_state_and_nothing_else(tiny_model_dir: Path, name:
     from fedcustom.data.batching import encode
 
     model, tokenizer, method = prepared(tiny_model_dir, name, seed=0)
-    frozen = {n: p.detach().clone() for n, p in model.named_parameters() if not p.requires_grad}
-    before = method.get_state(model)
     data = encode(TEXTS * 4, LABELS * 4, tokenizer, 16)
-    train_local(model, method, data, np.arange(16), TrainConfig(batch_size=4, lr=1e-3), seed=0)
-    after = method.get_state(model)
-    assert set(after) == set(before)
-    assert [k for k in before if torch.equal(before[k], after[k])] == []
-    params = dict(model.named_parameters())
-    assert [n for n, p in frozen.items() if not torch.equal(params[n], p)] == []
+    assert_training_changes_the_state_and_nothing_else(model, method, data, 16)
 
 
 @pytest.mark.parametrize("name", NAMES)

@@ -11,15 +11,15 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from contract_checks import assert_training_changes_the_state_and_nothing_else
 
-from fedcustom.config import GenerationConfig, ModelConfig, TrainConfig, build
+from fedcustom.config import GenerationConfig, ModelConfig, build
 from fedcustom.data.pairs import encode_pairs
 from fedcustom.experiment import run_experiment
 from fedcustom.lm import LanguageModel, build_language_model
 from fedcustom.methods import METHODS, Method
 from fedcustom.payload import deserialize, serialize
 from fedcustom.strategies.fedavg import FedAvg, FedAvgOptions
-from fedcustom.training import train_local
 
 NAMES = [n for n in METHODS.names() if "generation" in METHODS.get(n).tasks]
 PROMPTS = ["echo the last two words: great film", "echo the last two words: dull plot twist"]
@@ -72,14 +72,7 @@ def test_state_round_trip_gives_identical_logits(tiny_llama_dir: Path, name: str
 @pytest.mark.parametrize("name", NAMES)
 def test_training_changes_the_state_and_nothing_else(tiny_llama_dir: Path, name: str) -> None:
     model, method = prepared(tiny_llama_dir, name, seed=0)
-    frozen = {n: p.detach().clone() for n, p in model.named_parameters() if not p.requires_grad}
-    before = method.get_state(model)
-    train_local(model, method, data(model, 4), np.arange(8), TrainConfig(batch_size=4, lr=1e-3), seed=0)
-    after = method.get_state(model)
-    assert set(after) == set(before)
-    assert [k for k in before if torch.equal(before[k], after[k])] == []
-    params = dict(model.named_parameters())
-    assert [n for n, p in frozen.items() if not torch.equal(params[n], p)] == []
+    assert_training_changes_the_state_and_nothing_else(model, method, data(model, 4), 8)
 
 
 @pytest.mark.parametrize("name", NAMES)

@@ -5,6 +5,7 @@ from __future__ import annotations
 import math
 import time
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
@@ -14,7 +15,9 @@ from tqdm.auto import tqdm
 from fedcustom.config import TrainConfig
 from fedcustom.data.batching import Encoded, train_batches
 from fedcustom.device import autocast, model_device
-from fedcustom.methods.base import Method
+
+if TYPE_CHECKING:  # methods import LocalResult from here: a runtime import would be circular
+    from fedcustom.methods.base import Method
 
 
 @dataclass(frozen=True)
