@@ -34,7 +34,7 @@ from fedcustom.errors import UserError
 
 APP_ID = "fedcustom"
 SERVER_APP = "fedcustom.engines.flower:server_app"
-CLIENT_APP = "fedcustom.engines.flower_client:client_app"
+CLIENT_APP = "fedcustom.clientapp:client_app"
 
 
 def flower_bin(name: str) -> str:

@@ -3,9 +3,9 @@ SuperNode that holds its own data.
 
 `server_app` runs the whole experiment (data for evaluation, checkpoints, records, the strategy)
 in the ServerApp process on the SuperLink's host; its federated mode uses `FlowerEngine`, which
-reaches a round's clients through Flower's Grid. `client_app` (flower_client.py) runs on each
-SuperNode and does the same `client_update` as an in-process client, so both engines give the
-same numbers.
+reaches a round's clients through Flower's Grid. `client_app` (fedcustom/clientapp.py; its training
+in flower_client.py) runs on each SuperNode and does the same `client_update` as an in-process
+client, so both engines give the same numbers.
 
 Payloads travel as Flower ArrayRecords (the method's tensors, no pickle); the bytes recorded are
 the same safetensors sizes as in simulation (with secure aggregation: the serialized size of each
@@ -27,9 +27,10 @@ from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
 from flwr.common.constant import ErrorCode
 from flwr.serverapp import Grid, ServerApp
 
+from fedcustom.clientapp import client_app
 from fedcustom.config import ExperimentConfig
 from fedcustom.engines.base import ENGINES, SECURE_SUM, ClientOutcome, Engine, Job, run_rounds
-from fedcustom.engines.flower_client import client_app, config_from_text
+from fedcustom.engines.flower_client import config_from_text
 from fedcustom.engines.secagg import AuditedGrid, secure_round
 from fedcustom.errors import UserError
 from fedcustom.methods.base import State
@@ -58,9 +59,10 @@ CURRENT: ContextVar[Deployment | None] = ContextVar("fedcustom_flower_deployment
 
 @ENGINES.register("flower")
 class FlowerEngine(Engine):
-    # SuperNodes rebuild their model every run: methods whose clients keep state between rounds
-    # (distillation) or exchange no tensors are in-process only for now.
-    exchanges = frozenset({"weights"})
+    # Tensors travel: weights, and the black-box search's candidate indices and scores. SuperNodes
+    # rebuild their model for every message, so distillation (clients keep their own model between
+    # rounds) is in-process only for now.
+    exchanges = frozenset({"weights", "scores"})
 
     @classmethod
     def launch(cls, cfg: ExperimentConfig, resume_dir: Path | None = None) -> Path | None:

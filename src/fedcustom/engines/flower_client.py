@@ -1,4 +1,4 @@
-"""The ClientApp of the Flower engines: one client site's side of a round.
+"""A client site's training message on the Flower engines (the handler of fedcustom.clientapp).
 
 Each message runs in a fresh ClientApp process on a SuperNode (Flower's isolation; a Ray actor in
 Flower's simulation, which keeps the process). The client rebuilds the model from the experiment
@@ -18,27 +18,18 @@ import numpy as np
 import tomllib
 import torch
 from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
-from flwr.clientapp import ClientApp
 
+from fedcustom.clientapp import NODE_DATA_PATH, node_client_id
 from fedcustom.config import DataConfig, ExperimentConfig, build
 from fedcustom.data.datasets import TaskData
 from fedcustom.device import resolve_device
 from fedcustom.engines.base import Client, Job, client_update
-from fedcustom.engines.secagg import (
-    is_secure_fit,
-    read_secure_config,
-    read_secure_state,
-    secagg_when_asked,
-    secure_fit_reply,
-)
+from fedcustom.engines.secagg import is_secure_fit, read_secure_config, read_secure_state, secure_fit_reply
 from fedcustom.errors import UserError
-
-NODE_CLIENT_ID, NODE_DATA_PATH = "client-id", "data-path"
 
 
 def config_from_text(text: str) -> ExperimentConfig:
     return build(ExperimentConfig, tomllib.loads(text))
-
 
 
 @lru_cache(maxsize=1)  # a long-lived client process (a Ray actor) keeps one model, for all its clients
@@ -94,15 +85,6 @@ def site_data(cfg: DataConfig, label_names: list[str]) -> TaskData:
     return TaskData(cfg.dataset, train, train, None, label_names)
 
 
-def node_client_id(context: Context) -> int:
-    """A SuperNode's client number: `client-id` in its node config (Flower's simulation engine
-    numbers its virtual nodes by `partition-id`)."""
-    for key in (NODE_CLIENT_ID, "partition-id"):
-        if key in context.node_config:
-            return int(context.node_config[key])
-    raise UserError(f"this SuperNode has no '{NODE_CLIENT_ID}' in its node config")
-
-
 def node_job(config: dict[str, Any], context: Context) -> tuple[Job, int]:
     cid = node_client_id(context)
     data_path = str(context.node_config.get(NODE_DATA_PATH, ""))
@@ -110,19 +92,8 @@ def node_job(config: dict[str, Any], context: Context) -> tuple[Job, int]:
     return client_job(text, labels, data_path, cid if data_path else -1), cid
 
 
-client_app = ClientApp(mods=[secagg_when_asked])
-
-
-@client_app.query()
-def client_query(msg: Message, context: Context) -> Message:
-    """Which client this SuperNode is: read from its node config, nothing loaded (each message
-    runs in a fresh ClientApp process)."""
-    metrics = MetricRecord({"client-id": node_client_id(context)})
-    return Message(RecordDict({"metrics": metrics}), reply_to=msg)
-
-
-@client_app.train()
-def client_train(msg: Message, context: Context) -> Message:
+def train(msg: Message, context: Context) -> Message:
+    """One client's round on a SuperNode (fedcustom.clientapp's train handler)."""
     secure = is_secure_fit(msg)
     config = read_secure_config(msg) if secure else dict(msg.content["config"])
     job, cid = node_job(config, context)

@@ -23,7 +23,6 @@ from typing import Any
 import numpy as np
 import torch
 from flwr.app import ConfigRecord, Context, Message, RecordDict
-from flwr.client.mod import secaggplus_mod
 from flwr.common import (
     Code,
     FitIns,
@@ -33,7 +32,6 @@ from flwr.common import (
     ndarrays_to_parameters,
     parameters_to_ndarrays,
 )
-from flwr.common.secure_aggregation.secaggplus_constants import RECORD_KEY_CONFIGS
 from flwr.compat.common.recorddict_compat import (
     fitres_to_recorddict,
     parameters_to_arrayrecord,
@@ -119,13 +117,6 @@ def secure_round(grid: Grid, context: Context, nodes: dict[int, int], cids: list
 
 
 # --- client side --------------------------------------------------------------------------------
-
-def secagg_when_asked(msg: Message, context: Context, call_next: Any) -> Message:
-    """A ClientApp mod: SecAgg+ for the messages of a secure round, nothing for the others."""
-    if RECORD_KEY_CONFIGS in msg.content.config_records:
-        return secaggplus_mod(msg, context, call_next)
-    return call_next(msg, context)
-
 
 def is_secure_fit(msg: Message) -> bool:
     return FIT_PARAMETERS in msg.content.array_records

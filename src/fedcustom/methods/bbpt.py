@@ -118,7 +118,6 @@ class Bbpt(BlackBoxMethod):
                 best_z, best_loss = solutions[i], losses[i]
         self.set_state(model, {"z": torch.as_tensor(best_z, dtype=torch.float32)})
         forward_passes = len(sample) * (1 + o.popsize * o.generations)
-        self.fit_forward_passes.append(forward_passes)
         return LocalResult(best_loss, o.generations, len(sample), time.perf_counter() - start,
                            forward_passes=forward_passes)
 

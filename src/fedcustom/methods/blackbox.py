@@ -155,12 +155,6 @@ class BlackBoxMethod(Method):
 
     options: BlackBoxOptions
 
-    def __init__(self, options: object) -> None:
-        super().__init__(options)
-        # Forward passes per client fit (examples x prompts scored), written with the export; the
-        # engine's round records carry the same counts per round (LocalResult.forward_passes).
-        self.fit_forward_passes: list[int] = []
-
     def build_model(self, cfg: ModelConfig, num_labels: int, seed: int) -> tuple[nn.Module, Any]:
         from fedcustom.models import load_causal_lm
 
@@ -192,14 +186,11 @@ class BlackBoxMethod(Method):
         return np.sort(np.random.default_rng(seed).choice(rows, size=n, replace=False))
 
     def export(self, model: VerbalizerLM, path: Path, extra: dict[str, Any]) -> None:
-        """prompt.json: the chosen prompt in words, and the clients' forward-pass accounting."""
+        """prompt.json: the chosen prompt in words (the clients' forward passes are in the round
+        records, counted where the clients ran)."""
         path.mkdir(parents=True, exist_ok=True)
-        fits = self.fit_forward_passes
-        record = {**model.describe(model.choice), **extra, "client_fits": len(fits),
-                  "client_forward_passes": sum(fits),
-                  "forward_passes_per_client_fit": sum(fits) / len(fits) if fits else 0.0}
+        record = {**model.describe(model.choice), **extra}
         (path / "prompt.json").write_text(json.dumps(record, indent=2) + "\n")
-        self.fit_forward_passes = []  # the next mode counts its own
 
 
 @torch.inference_mode()

@@ -106,7 +106,6 @@ class PromptSearch(BlackBoxMethod):
                 scores[k], losses[k] = accuracy_and_loss(logits, labels)
         model.exchanged["scores"] = scores
         forward_passes = len(sample) * len(templates)
-        self.fit_forward_passes.append(forward_passes)
         # The client's loss is that of the candidate it scores best (ties: the earlier one).
         best = int(torch.argmax(scores))
         return LocalResult(float(losses[best]), len(templates), len(sample), time.perf_counter() - start,
