@@ -3,7 +3,7 @@
 Flower starts a fresh ClientApp process for every message, and this module is what that process
 imports first: Flower and the standard library only. So the messages that do no training (the
 server asking which client a node is, and the key, share and unmasking stages of a SecAgg+ round)
-cost a Python start, not torch, transformers and peft (about 15 s on a 2-core machine). A training
+cost a Python start, not torch, transformers and peft (about 14 s on a 2-core machine). A training
 message imports the rest: engines/flower_client.py.
 """
 
