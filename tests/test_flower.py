@@ -28,9 +28,9 @@ from fedcustom.experiment import run_experiment
 METRICS = ("test_accuracy", "test_macro_f1", "test_loss", "train_loss", "accepted", "bytes_down", "bytes_up")
 
 
-def flower_config(tiny_config, rounds: int = 2, **federation):
+def flower_config(tiny_config, **federation):
     return tiny_config(engine="flower", modes=["federated"], partition={"num_clients": 2},
-                       federation={"rounds": rounds, **federation},
+                       federation={"rounds": 2, **federation},
                        flower={"round_timeout": 300.0, "connect_timeout": 120.0})
 
 
