@@ -42,7 +42,7 @@ def main(argv: list[str] | None = None) -> int:
         parser.error(f"--clients {args.clients!r}: expected comma-separated integers, e.g. 10,100,1000")
     opts = Options(args.quick, args.model, args.set, args.out, args.repeats, clients,
                    command=shlex.join(["python", "-m", "benchmarks", *argv]))
-    from fedcustom.errors import UserError
+    from fedcustom.core.errors import UserError
 
     start = time.perf_counter()
     try:

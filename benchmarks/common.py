@@ -45,7 +45,7 @@ class Options:
 
 def experiment_config(opts: Options, own: Sequence[str]) -> Any:
     """A fedcustom ExperimentConfig: benchmark settings first, then the user's --set overrides."""
-    from fedcustom.config import load_config
+    from fedcustom.core.config import load_config
 
     base = ["threads=1", f"model.name={json.dumps(opts.model)}"]
     return load_config(None, [*base, *own, *opts.overrides])
@@ -102,7 +102,7 @@ class Mark:
 def write_result(opts: Options, name: str, settings: dict[str, Any], results: dict[str, Any],
                  ratios: dict[str, float], notes: str) -> Path:
     """benchmarks/results/NAME.json, written whole or not at all."""
-    from fedcustom.results import atomic_write
+    from fedcustom.core.io import atomic_write
 
     payload = {
         "benchmark": name,

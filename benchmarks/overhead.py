@@ -55,7 +55,7 @@ def batch_plan(cfg: Any) -> tuple[list[np.ndarray], Any]:
     Drawn with the engine's own sampling and seeding (untimed), so the plain loop replays them."""
     from fedcustom.data import load_task_data, partition_indices
     from fedcustom.data.batching import Encoded, train_batches
-    from fedcustom.engines.base import client_seed, sample_clients
+    from fedcustom.federation.rounds import client_seed, sample_clients
 
     data = load_task_data(cfg.data)
     parts = partition_indices(data.train, cfg.partition, cfg.seed)
@@ -63,7 +63,7 @@ def batch_plan(cfg: Any) -> tuple[list[np.ndarray], Any]:
     # Only lengths matter for batching; labels = row ids make each batch say which rows it holds.
     from transformers import AutoTokenizer
 
-    from fedcustom.models import resolve
+    from fedcustom.models.backbones import resolve
 
     tokenizer = AutoTokenizer.from_pretrained(resolve(cfg.model.name)[0])
     ids = tokenizer(list(data.train["text"]), truncation=True, max_length=cfg.model.max_length)["input_ids"]
@@ -81,8 +81,8 @@ def batch_plan(cfg: Any) -> tuple[list[np.ndarray], Any]:
 
 def plain_loop(cfg: Any, plan: list[np.ndarray], task: Any) -> Mark:
     """Time the plain loop takes for every batch in `plan` (model built before the clock)."""
-    from fedcustom.device import resolve_device
-    from fedcustom.models import resolve
+    from fedcustom.core.device import resolve_device
+    from fedcustom.models.backbones import resolve
 
     data, ids, pad_id = task
     torch.manual_seed(cfg.seed)
@@ -112,7 +112,7 @@ def plain_loop(cfg: Any, plan: list[np.ndarray], task: Any) -> Mark:
 
 def fedcustom_run(cfg: Any) -> tuple[Mark, float]:
     """(time of rounds 1..R, wall seconds of everything else) for one real `run_experiment`."""
-    from fedcustom.experiment import run_experiment
+    from fedcustom.runs.experiment import run_experiment
 
     marks: list[Mark] = []
     with tempfile.TemporaryDirectory() as tmp:

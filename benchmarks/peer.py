@@ -53,9 +53,9 @@ def world(spec_json: str) -> tuple[Any, Any, Any, Any, Any, list[Any]]:
     """(config, method, model, train, test, client rows), built once per process."""
     import json
 
+    from fedcustom.core.registry import METHODS
     from fedcustom.data import load_task_data, partition_indices
-    from fedcustom.experiment import encode_split
-    from fedcustom.methods import METHODS
+    from fedcustom.data.batching import encode_split
 
     one_thread()
     cfg = config_for(json.loads(spec_json))
@@ -75,7 +75,7 @@ def flower_apps(spec_json: str, marks: list[Mark]) -> tuple[Any, Any]:
     from flwr.serverapp import Grid, ServerApp
     from flwr.serverapp.strategy import FedAvg
 
-    from fedcustom.engines.base import client_seed
+    from fedcustom.federation.rounds import client_seed
 
     client_app = ClientApp()
 
@@ -128,7 +128,7 @@ def point(spec: dict[str, Any]) -> dict[str, Any]:
                        backend_config={"client_resources": {"num_cpus": 1, "num_gpus": 0.0},
                                        "init_args": {"num_cpus": 1}})
     else:
-        from fedcustom.experiment import run_experiment
+        from fedcustom.runs.experiment import run_experiment
 
         with tempfile.TemporaryDirectory() as tmp:
             cfg = dataclasses.replace(config_for(spec["run"]), output_dir=tmp)

@@ -22,9 +22,9 @@ from benchmarks.common import Options, experiment_config, one_thread, print_rati
 
 def point(spec: dict[str, Any]) -> dict[str, Any]:
     """One scale point, run inside its own process: `python -m benchmarks _point scale SPEC`."""
-    from fedcustom.engines.base import peak_rss_mb
-    from fedcustom.experiment import run_experiment
-    from fedcustom.models import load_backbone
+    from fedcustom.federation.rounds import peak_rss_mb
+    from fedcustom.models.backbones import load_backbone
+    from fedcustom.runs.experiment import run_experiment
 
     one_thread()
     opts = Options(model=spec["model"], overrides=spec["overrides"])

@@ -22,11 +22,11 @@ SMALL_EVAL_BATCH = 32
 
 
 def measure(cfg: Any, method_name: str, repeats: int) -> dict[str, float]:
-    from fedcustom.config import component
+    from fedcustom.core.config import component
+    from fedcustom.core.device import autocast, resolve_device
+    from fedcustom.core.registry import METHODS as REGISTRY
     from fedcustom.data import load_task_data
-    from fedcustom.device import autocast, resolve_device
-    from fedcustom.experiment import encode_split
-    from fedcustom.methods import METHODS as REGISTRY
+    from fedcustom.data.batching import encode_split
 
     data = load_task_data(cfg.data)
     method = REGISTRY.get(method_name)(component("method", {"name": method_name}).options)

@@ -24,11 +24,11 @@ import torch
 import torch.nn.functional as F
 from safetensors.torch import load_file
 
-from fedcustom.config import build, load_config
+from fedcustom.core.config import build, load_config
 from fedcustom.data import load_task_data
 from fedcustom.data.batching import eval_batches
-from fedcustom.lm import LanguageModel, build_language_model
-from fedcustom.methods import METHODS
+from fedcustom.models.lm import LanguageModel, build_language_model
+from fedcustom.core.registry import METHODS
 from fedcustom.tasks import TASKS
 
 

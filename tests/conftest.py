@@ -10,8 +10,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from fedcustom.config import ExperimentConfig, build
-from fedcustom.models import resolve
+from fedcustom.core.config import ExperimentConfig, build
+from fedcustom.models.backbones import resolve
 
 POSITIVE = ["great", "fine", "lovely", "superb", "moving", "funny", "brilliant", "warm"]
 NEGATIVE = ["dull", "awful", "boring", "flat", "tedious", "weak", "clumsy", "bland"]

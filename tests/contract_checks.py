@@ -6,8 +6,8 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from fedcustom.config import TrainConfig
-from fedcustom.training import train_local
+from fedcustom.core.config import TrainConfig
+from fedcustom.methods.training import train_local
 
 
 def assert_training_changes_the_state_and_nothing_else(model, method, data, examples: int) -> None:

@@ -11,14 +11,14 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from fedcustom.config import ConfigError, ExperimentConfig, ModelConfig, TrainConfig, build
+from fedcustom.core.config import ConfigError, ExperimentConfig, ModelConfig, TrainConfig, build
+from fedcustom.core.errors import UserError
+from fedcustom.core.registry import METHODS
 from fedcustom.data.batching import encode, take
-from fedcustom.errors import UserError
-from fedcustom.experiment import run_experiment
-from fedcustom.methods import METHODS
 from fedcustom.methods.blackbox import VerbalizerLM, hidden_states
 from fedcustom.methods.prompt_search import initial_candidates
-from fedcustom.models import resolve
+from fedcustom.models.backbones import resolve
+from fedcustom.runs.experiment import run_experiment
 from fedcustom.strategies.search import ScoreSearch, ScoreSearchOptions, mutate, propose
 
 TEXTS = ["a warm and funny film", "dull", "the plot was tedious and the acting flat", "superb"] * 4

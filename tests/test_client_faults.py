@@ -6,10 +6,10 @@ import numpy as np
 import pytest
 import torch
 
-from fedcustom.config import ConfigError, FaultsConfig, build
+from fedcustom.core.config import ConfigError, FaultsConfig, build
 from fedcustom.data.batching import Encoded
-from fedcustom.experiment import run_experiment
-from fedcustom.faults import Faults
+from fedcustom.federation.faults import Faults
+from fedcustom.runs.experiment import run_experiment
 
 
 def test_split_partitions_the_sampled_clients_and_is_seeded() -> None:

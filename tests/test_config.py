@@ -7,8 +7,8 @@ from pathlib import Path
 import pytest
 
 from fedcustom.cli import main
-from fedcustom.config import ConfigError, ExperimentConfig, build, dumps, load_config, read_toml
-from fedcustom.errors import UserError
+from fedcustom.core.config import ConfigError, ExperimentConfig, build, dumps, load_config, read_toml
+from fedcustom.core.errors import UserError
 
 
 def test_defaults_build_and_round_trip_through_toml(tmp_path: Path) -> None:

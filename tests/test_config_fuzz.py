@@ -8,8 +8,8 @@ import math
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from fedcustom.config import ExperimentConfig, build, dumps, load_config, to_dict
-from fedcustom.errors import UserError
+from fedcustom.core.config import ExperimentConfig, build, dumps, load_config, to_dict
+from fedcustom.core.errors import UserError
 
 VALUES = st.one_of(
     st.none(), st.booleans(), st.integers(-10**6, 10**6),

@@ -12,11 +12,12 @@ import torch
 from contract_checks import assert_training_changes_the_state_and_nothing_else
 from safetensors.torch import load_file
 
-from fedcustom.config import ConfigError, ExperimentConfig, ModelConfig, build
-from fedcustom.experiment import run_experiment
-from fedcustom.methods import METHODS, Method
-from fedcustom.models import Classifier, build_classifier
-from fedcustom.payload import deserialize, serialize
+from fedcustom.core.config import ConfigError, ExperimentConfig, ModelConfig, build
+from fedcustom.core.payload import deserialize, serialize
+from fedcustom.core.registry import METHODS
+from fedcustom.methods.base import Method
+from fedcustom.models.backbones import Classifier, build_classifier
+from fedcustom.runs.experiment import run_experiment
 from fedcustom.strategies.fedavg import FedAvg, FedAvgOptions
 
 TEXTS = ["a warm and funny film", "dull", "the plot was tedious and the acting flat", "superb"]
@@ -189,7 +190,7 @@ def test_good_method_options_build() -> None:
 
 
 def test_lora_without_matching_modules_is_a_user_error(tiny_model_dir: Path) -> None:
-    from fedcustom.errors import UserError
+    from fedcustom.core.errors import UserError
     from fedcustom.methods.lora import LoraOptions
 
     model, _ = build_classifier(ModelConfig(name=str(tiny_model_dir)), 2, 0)

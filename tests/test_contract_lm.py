@@ -13,12 +13,13 @@ import pytest
 import torch
 from contract_checks import assert_training_changes_the_state_and_nothing_else
 
-from fedcustom.config import GenerationConfig, ModelConfig, build
+from fedcustom.core.config import GenerationConfig, ModelConfig, build
+from fedcustom.core.payload import deserialize, serialize
+from fedcustom.core.registry import METHODS
 from fedcustom.data.pairs import encode_pairs
-from fedcustom.experiment import run_experiment
-from fedcustom.lm import LanguageModel, build_language_model
-from fedcustom.methods import METHODS, Method
-from fedcustom.payload import deserialize, serialize
+from fedcustom.methods.base import Method
+from fedcustom.models.lm import LanguageModel, build_language_model
+from fedcustom.runs.experiment import run_experiment
 from fedcustom.strategies.fedavg import FedAvg, FedAvgOptions
 
 NAMES = [n for n in METHODS.names() if "generation" in METHODS.get(n).tasks]

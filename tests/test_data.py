@@ -12,10 +12,10 @@ import numpy as np
 import pandas as pd
 import pytest
 
-from fedcustom.config import DataConfig
+from fedcustom.core.config import DataConfig
+from fedcustom.core.errors import UserError
 from fedcustom.data import TaskData, list_datasets, load_task_data
 from fedcustom.data import datasets as data_module
-from fedcustom.errors import UserError
 
 
 @pytest.fixture(scope="module")

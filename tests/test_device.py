@@ -9,14 +9,14 @@ import torch
 from safetensors.torch import load_file
 
 from fedcustom.cli import main
-from fedcustom.config import ConfigError, ModelConfig, TrainConfig
+from fedcustom.core.config import ConfigError, ModelConfig, TrainConfig
+from fedcustom.core.device import autocast, resolve_device
+from fedcustom.core.errors import UserError
+from fedcustom.core.registry import METHODS
 from fedcustom.data.batching import encode
-from fedcustom.device import autocast, resolve_device
-from fedcustom.errors import UserError
-from fedcustom.experiment import run_experiment
-from fedcustom.methods import METHODS
-from fedcustom.results import load_checkpoint
-from fedcustom.training import train_local
+from fedcustom.methods.training import train_local
+from fedcustom.runs.experiment import run_experiment
+from fedcustom.runs.results import load_checkpoint
 
 
 def test_device_resolution() -> None:
@@ -44,7 +44,7 @@ def test_bad_device_and_precision_fail_at_config_time(tiny_config) -> None:
 def test_cuda_without_a_gpu_is_a_one_line_error(tiny_config, tmp_path, capsys) -> None:
     cfg = tiny_config()
     config = tmp_path / "c.toml"
-    from fedcustom.config import dumps
+    from fedcustom.core.config import dumps
 
     config.write_text(dumps(cfg))
     assert main(["run", str(config), "--set", "device=cuda"]) == 2

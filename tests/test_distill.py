@@ -12,13 +12,13 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from fedcustom.config import ConfigError, ExperimentConfig, ModelConfig, TrainConfig, build
+from fedcustom.core.config import ConfigError, ExperimentConfig, ModelConfig, TrainConfig, build
+from fedcustom.core.errors import UserError
+from fedcustom.core.payload import serialize
 from fedcustom.data.batching import encode
-from fedcustom.errors import UserError
-from fedcustom.experiment import run_experiment
 from fedcustom.methods.distill import Distill, DistillOptions
 from fedcustom.methods.distill_parts import BagOfEmbeddings, load_public_texts, parse_spec
-from fedcustom.payload import serialize
+from fedcustom.runs.experiment import run_experiment
 from fedcustom.strategies.consensus import Consensus, ConsensusOptions
 
 LN3 = math.log(3.0)
@@ -218,7 +218,7 @@ def test_an_interrupted_run_resumes_from_the_consensus(tiny_config, tiny_model_d
                                                        public_txt: Path) -> None:
     """Checkpoints hold the consensus only: a resumed run distills it into a fresh server model,
     rebuilds the client models, and finishes every round."""
-    from fedcustom.experiment import resume_experiment
+    from fedcustom.runs.experiment import resume_experiment
 
     class Stop(KeyboardInterrupt):
         pass

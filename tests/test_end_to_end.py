@@ -10,10 +10,10 @@ import torch
 from safetensors.torch import load_file
 
 from fedcustom.cli import main
-from fedcustom.config import dumps
+from fedcustom.core.config import dumps
+from fedcustom.core.payload import serialize
 from fedcustom.data import load_task_data
-from fedcustom.experiment import run_experiment
-from fedcustom.payload import serialize
+from fedcustom.runs.experiment import run_experiment
 
 
 def test_two_clients_two_rounds(tiny_config) -> None:

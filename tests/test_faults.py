@@ -9,11 +9,11 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from fedcustom.attacks import Attack, choose_malicious, tamper
-from fedcustom.config import ConfigError
+from fedcustom.core.config import ConfigError
 from fedcustom.data.batching import Encoded
-from fedcustom.experiment import run_experiment
-from fedcustom.validation import delta_norm, screen_updates, structural_problem
+from fedcustom.federation.attacks import Attack, choose_malicious, tamper
+from fedcustom.federation.screening import delta_norm, screen_updates, structural_problem
+from fedcustom.runs.experiment import run_experiment
 
 QUIET = {"log": lambda *_: None}
 
@@ -22,7 +22,7 @@ def t(*values: float) -> torch.Tensor:
     return torch.tensor(values, dtype=torch.float32)
 
 
-# --- validation.py -----------------------------------------------------------------------------
+# --- federation/screening.py -----------------------------------------------------------------------------
 
 GLOBAL = {"a": t(0, 0), "b": t(1)}
 
@@ -67,7 +67,7 @@ def test_every_update_rejected_leaves_nothing_to_aggregate() -> None:
     assert accepted == [] and [r["client"] for r in rejected] == [4, 7]
 
 
-# --- attacks.py --------------------------------------------------------------------------------
+# --- federation/attacks.py --------------------------------------------------------------------------------
 
 def test_malicious_clients_are_a_fixed_draw_from_the_seed() -> None:
     assert choose_malicious(5, 0.2, seed=0) == choose_malicious(5, 0.2, seed=0)
@@ -153,7 +153,7 @@ def test_a_round_with_every_update_rejected_keeps_the_global_state(tiny_config) 
 
 
 def test_a_round_where_every_client_crashes_is_an_error_not_a_silent_skip(tiny_config) -> None:
-    from fedcustom.attacks import ClientCrash
+    from fedcustom.federation.attacks import ClientCrash
 
     with pytest.raises(ClientCrash, match="simulated crash"):
         run_experiment(five_clients(tiny_config, attack={"kind": "crash", "fraction": 1.0}), **QUIET)

@@ -5,7 +5,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from fedcustom.strategies import STRATEGIES, weighted_mean
+from fedcustom.core.registry import STRATEGIES
+from fedcustom.strategies.base import weighted_mean
 from fedcustom.strategies.fedavg import FedAvg, FedAvgOptions
 
 

@@ -20,10 +20,10 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from fedcustom.config import ConfigError, dumps
-from fedcustom.engines.deploy import LocalDeployment, Security, free_port, write_app
-from fedcustom.errors import UserError
-from fedcustom.experiment import run_experiment
+from fedcustom.core.config import ConfigError, dumps
+from fedcustom.core.errors import UserError
+from fedcustom.engines.flower.deploy import LocalDeployment, Security, free_port, write_app
+from fedcustom.runs.experiment import run_experiment
 
 METRICS = ("test_accuracy", "test_macro_f1", "test_loss", "train_loss", "accepted", "bytes_down", "bytes_up")
 
@@ -120,8 +120,8 @@ def test_black_box_prompt_search_on_flower(tiny_config, tiny_llama_dir: Path, tm
 def test_a_federation_with_tls_and_node_authentication(tiny_config, tmp_path: Path) -> None:
     """The multi-machine walkthrough's security on loopback: a CA-signed SuperLink certificate,
     SuperNodes admitted by registered keys; an unregistered SuperNode is refused."""
-    from fedcustom.engines.credentials import make_certificates, make_node_key
-    from fedcustom.engines.deploy import supernode_command
+    from fedcustom.engines.flower.credentials import make_certificates, make_node_key
+    from fedcustom.engines.flower.deploy import supernode_command
 
     make_certificates(tmp_path / "certs", ["127.0.0.1", "localhost"])
     secure = Security(certificates=tmp_path / "certs").check(server=True)
@@ -141,8 +141,8 @@ def test_plain_and_secure_aggregation_on_flower(tiny_config, tmp_path: Path) -> 
     """A plain loopback federation gives the in-process engine's numbers and state, and its server
     sees every client tensor (audited as Flower serialized it). Under SecAgg+ no client's update
     or delta appears among everything the server receives, and the round lands where FedAvg does."""
-    from fedcustom.engines.secagg import read_audit
-    from fedcustom.methods import METHODS
+    from fedcustom.core.registry import METHODS
+    from fedcustom.engines.flower.secagg import read_audit
 
     def config(name: str, secure: bool):
         return tiny_config(engine="flower", modes=["federated"], partition={"num_clients": 3},
@@ -183,7 +183,7 @@ def test_plain_and_secure_aggregation_on_flower(tiny_config, tmp_path: Path) -> 
 @pytest.mark.ray
 def test_flower_simulation_engine_equals_the_in_process_run(tiny_config, tmp_path: Path) -> None:
     """The third engine: Flower's simulation runtime (Ray) with the same apps (opt-in: -m ray)."""
-    from fedcustom.engines import ENGINES
+    from fedcustom.core.registry import ENGINES
 
     cfg = tiny_config(engine="flower-simulation", modes=["federated"], partition={"num_clients": 3})
     run_dir = ENGINES.get("flower-simulation").launch(cfg)
@@ -205,7 +205,7 @@ def test_secure_aggregation_needs_a_strategy_of_the_mean(tiny_config) -> None:
 
 
 def test_a_site_trains_on_its_own_file_with_the_federations_labels(tiny_config, tmp_path: Path) -> None:
-    from fedcustom.engines.flower_client import client_job
+    from fedcustom.engines.flower.client import client_job
 
     cfg = tiny_config(engine="flower", partition={"num_clients": 3})
     site = tmp_path / "site.csv"
@@ -218,7 +218,7 @@ def test_a_site_trains_on_its_own_file_with_the_federations_labels(tiny_config, 
 
 
 def test_flower_engine_outside_a_server_app_is_a_clear_error(tiny_config) -> None:
-    from fedcustom.engines.flower import FlowerEngine
+    from fedcustom.engines.flower.server import FlowerEngine
 
     with pytest.raises(UserError, match="runs inside a Flower ServerApp"):
         FlowerEngine()

@@ -13,14 +13,14 @@ import torch
 import torch.nn.functional as F
 
 from fedcustom.cli import main
-from fedcustom.config import DataConfig, GenerationConfig, ModelConfig
+from fedcustom.core.config import DataConfig, GenerationConfig, ModelConfig
+from fedcustom.core.errors import UserError
 from fedcustom.data import load_task_data
 from fedcustom.data.batching import eval_batches
 from fedcustom.data.pairs import IGNORE, encode_pairs, frame
-from fedcustom.errors import UserError
-from fedcustom.evaluation import generation_scores
-from fedcustom.experiment import run_experiment
-from fedcustom.lm import build_language_model
+from fedcustom.models.evaluation import generation_scores
+from fedcustom.models.lm import build_language_model
+from fedcustom.runs.experiment import run_experiment
 
 
 @pytest.fixture(scope="module")
@@ -129,7 +129,7 @@ def test_generate_with_a_saved_adapter_matches_plain_peft(tiny_lm_config, tiny_l
                          do_sample=False, pad_token_id=tokenizer.pad_token_id)
     assert ours == tokenizer.decode(out[0, ids.shape[1]:], skip_special_tokens=True).strip()
 
-    from fedcustom.report import write_report
+    from fedcustom.reporting.report import write_report
 
     report = write_report([path]).read_text()  # one run's report leads with perplexity too
     assert "round-0 ppl" in report and (path / "perplexity.png").is_file()
@@ -143,9 +143,9 @@ def test_generate_names_a_bad_run_folder(tmp_path: Path, capsys: pytest.CaptureF
 def test_study_report_of_a_generation_study(tiny_lm_config, tmp_path: Path) -> None:
     import tomli_w
 
-    from fedcustom.config import to_dict
-    from fedcustom.study import load_study, run_study
-    from fedcustom.study_report import write_study_report
+    from fedcustom.core.config import to_dict
+    from fedcustom.reporting.study_report import write_study_report
+    from fedcustom.runs.study import load_study, run_study
 
     base = to_dict(tiny_lm_config(federation={"rounds": 1}, method={"name": "lora"}))
     base.pop("name")

@@ -6,9 +6,9 @@ import datasets
 import numpy as np
 import pytest
 
-from fedcustom.config import PartitionConfig
+from fedcustom.core.config import PartitionConfig
+from fedcustom.core.errors import UserError
 from fedcustom.data import partition_indices, partition_table
-from fedcustom.errors import UserError
 
 
 def make_train(n: int = 2000, classes: int = 4, seed: int = 0) -> datasets.Dataset:

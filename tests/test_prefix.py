@@ -9,13 +9,13 @@ import pytest
 import torch
 from safetensors.torch import load_file
 
-from fedcustom.config import ModelConfig, TrainConfig
+from fedcustom.core.config import ModelConfig, TrainConfig
+from fedcustom.core.payload import deserialize, serialize
+from fedcustom.core.registry import METHODS
 from fedcustom.data.batching import encode, eval_batches
-from fedcustom.methods import METHODS
 from fedcustom.methods.prefix import PrefixOptions
-from fedcustom.models import build_classifier
-from fedcustom.payload import deserialize, serialize
-from fedcustom.training import train_local
+from fedcustom.methods.training import train_local
+from fedcustom.models.backbones import build_classifier
 
 TEXTS = ["a warm and funny film", "dull", "the plot was tedious and the acting flat", "superb"]
 
@@ -101,7 +101,7 @@ def test_activation_init_equals_real_context_in_a_decoder(tmp_path: Path) -> Non
     from transformers import AutoTokenizer, LlamaConfig, LlamaModel
 
     from fedcustom.methods.prefix import Prefix
-    from fedcustom.models import resolve
+    from fedcustom.models.backbones import resolve
 
     tokenizer = AutoTokenizer.from_pretrained(resolve("minilm")[0])
     torch.manual_seed(0)
@@ -124,8 +124,8 @@ def test_activation_init_equals_real_context_in_a_decoder(tmp_path: Path) -> Non
 
 
 def test_activation_init_rejects_projection() -> None:
-    from fedcustom.config import ExperimentConfig, build
-    from fedcustom.errors import UserError
+    from fedcustom.core.config import ExperimentConfig, build
+    from fedcustom.core.errors import UserError
 
     with pytest.raises(UserError, match="method.init"):
         build(ExperimentConfig, {"method": {"name": "prefix", "init": "activations",

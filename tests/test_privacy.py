@@ -10,11 +10,11 @@ from typing import Any
 import pytest
 import torch
 
-from fedcustom.config import ConfigError, ExperimentConfig, build, component
-from fedcustom.experiment import resume_experiment, run_experiment
-from fedcustom.payload import deserialize, serialize
-from fedcustom.results import read_records
-from fedcustom.strategies import STRATEGIES
+from fedcustom.core.config import ConfigError, ExperimentConfig, build, component
+from fedcustom.core.payload import deserialize, serialize
+from fedcustom.core.registry import STRATEGIES
+from fedcustom.runs.experiment import resume_experiment, run_experiment
+from fedcustom.runs.results import read_records
 from fedcustom.strategies.privacy import DPFedAvg, clip, privatize
 
 QUIET = {"log": lambda *_: None}

@@ -11,8 +11,8 @@ import pytest
 import torch
 
 from fedcustom.cli import main
-from fedcustom.errors import UserError
-from fedcustom.models import resolve
+from fedcustom.core.errors import UserError
+from fedcustom.models.backbones import resolve
 from fedcustom.rag.ask import ask, open_retriever
 from fedcustom.rag.config import load_rag_config
 from fedcustom.rag.corpus import build_corpus

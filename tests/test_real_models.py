@@ -8,12 +8,12 @@ import numpy as np
 import pytest
 import torch
 
-from fedcustom.config import ModelConfig, load_config
+from fedcustom.core.config import ModelConfig, load_config
+from fedcustom.core.registry import METHODS
 from fedcustom.data.batching import encode, eval_batches
-from fedcustom.experiment import run_experiment
-from fedcustom.methods import METHODS
 from fedcustom.methods.prefix import PrefixOptions
-from fedcustom.models import build_classifier, resolve
+from fedcustom.models.backbones import build_classifier, resolve
+from fedcustom.runs.experiment import run_experiment
 
 pytestmark = pytest.mark.slow
 
@@ -48,10 +48,10 @@ def test_smollm2_loads_and_takes_a_prefix() -> None:
 def test_smollm2_prefix_from_activations_barely_moves_the_model() -> None:
     """PEFT's random prefix wrecks SmolLM2's perplexity at the start; init = activations does not
     (docs/results/generative: 143 untuned, 36,781 random, 137 activations on 48 articles)."""
-    from fedcustom.config import DataConfig, GenerationConfig
+    from fedcustom.core.config import DataConfig, GenerationConfig
     from fedcustom.data import load_task_data
     from fedcustom.data.pairs import encode_pairs
-    from fedcustom.lm import build_language_model
+    from fedcustom.models.lm import build_language_model
 
     cfg = ModelConfig(name="smollm2", max_length=64)
     gen = GenerationConfig(system_prompt="You write news headlines.", eval_examples=0, show_examples=0)

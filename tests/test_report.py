@@ -9,10 +9,10 @@ import pytest
 from PIL import Image
 
 from fedcustom.cli import main
-from fedcustom.experiment import run_experiment
-from fedcustom.plots import DPI, FIGURES, SIZE
-from fedcustom.report import table
-from fedcustom.results import read_records
+from fedcustom.reporting.plots import DPI, FIGURES, SIZE
+from fedcustom.reporting.report import table
+from fedcustom.runs.experiment import run_experiment
+from fedcustom.runs.results import read_records
 
 
 def make_run(tiny_config, **sections) -> Path:

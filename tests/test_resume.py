@@ -16,9 +16,9 @@ import torch
 from safetensors.torch import load_file
 
 from fedcustom.cli import main
-from fedcustom.config import dumps
-from fedcustom.experiment import resume_experiment, run_experiment
-from fedcustom.results import CHECKPOINT, load_checkpoint, read_records
+from fedcustom.core.config import dumps
+from fedcustom.runs.experiment import resume_experiment, run_experiment
+from fedcustom.runs.results import CHECKPOINT, load_checkpoint, read_records
 
 TIMING = ("client_seconds", "round_seconds", "peak_rss_mb")
 QUIET = {"log": lambda *_: None}

@@ -10,20 +10,20 @@ import numpy as np
 import pytest
 import torch
 
-from fedcustom.config import ConfigError, ExperimentConfig, ModelConfig, TrainConfig, build, component
+from fedcustom.core.config import ConfigError, ExperimentConfig, ModelConfig, TrainConfig, build, component
+from fedcustom.core.errors import UserError
+from fedcustom.core.payload import deserialize, serialize
+from fedcustom.core.registry import METHODS, STRATEGIES
 from fedcustom.data.batching import encode
-from fedcustom.errors import UserError
-from fedcustom.experiment import run_experiment
-from fedcustom.methods import METHODS
 from fedcustom.methods.prefix import PrefixOptions
-from fedcustom.models import build_classifier
-from fedcustom.payload import deserialize, serialize
-from fedcustom.strategies import STRATEGIES, Strategy
+from fedcustom.methods.training import train_local
+from fedcustom.models.backbones import build_classifier
+from fedcustom.runs.experiment import run_experiment
+from fedcustom.strategies.base import Strategy
 from fedcustom.strategies.fedavg import FedAvg, FedAvgOptions
 from fedcustom.strategies.fedopt import FedOptOptions
 from fedcustom.strategies.fedprox import FedProx, FedProxOptions
 from fedcustom.strategies.robust import KrumOptions, TrimmedMeanOptions
-from fedcustom.training import train_local
 
 NEW = ["fedadam", "fedyogi", "fedadagrad", "fedavgm", "median", "trimmed_mean", "krum", "fedprox",
        "dp_fedavg"]
@@ -248,7 +248,7 @@ def test_proximal_term_keeps_clients_near_the_global_state(tiny_model_dir: Path)
 
 @pytest.mark.parametrize("name", NEW)
 def test_two_round_run(tiny_config, monkeypatch: pytest.MonkeyPatch, name: str) -> None:
-    import fedcustom.training as training
+    import fedcustom.methods.base as base
 
     seen: list[float] = []
 
@@ -256,7 +256,7 @@ def test_two_round_run(tiny_config, monkeypatch: pytest.MonkeyPatch, name: str) 
         seen.append(kwargs.get("prox_mu", 0.0))  # type: ignore[arg-type]
         return train_local(*args, **kwargs)  # type: ignore[arg-type]
 
-    monkeypatch.setattr(training, "train_local", spy)
+    monkeypatch.setattr(base, "train_local", spy)
     strategy: dict[str, object] = {"name": name}
     partition = {"num_clients": 2}
     if name == "krum":

@@ -9,9 +9,9 @@ import pytest
 import tomli_w
 
 from fedcustom.cli import main
-from fedcustom.config import ConfigError
-from fedcustom.study import load_study, run_study
-from fedcustom.study_report import write_study_report
+from fedcustom.core.config import ConfigError
+from fedcustom.reporting.study_report import write_study_report
+from fedcustom.runs.study import load_study, run_study
 
 METRICS = ("round", "test_accuracy", "test_loss", "train_loss", "bytes_up", "bytes_down", "accepted")
 
@@ -19,7 +19,7 @@ METRICS = ("round", "test_accuracy", "test_loss", "train_loss", "bytes_up", "byt
 @pytest.fixture
 def study_file(tmp_path: Path, tiny_config) -> Path:
     """A 2 x 2 grid over the tiny model: two prefix lengths x two Dirichlet alphas."""
-    from fedcustom.config import to_dict
+    from fedcustom.core.config import to_dict
 
     base = to_dict(tiny_config(partition={"scheme": "dirichlet", "num_clients": 2, "alpha": 1.0}))
     base.pop("name")

@@ -2,8 +2,8 @@
 
 from __future__ import annotations
 
-from fedcustom.config import TrainConfig
-from fedcustom.training import lr_scale
+from fedcustom.core.config import TrainConfig
+from fedcustom.methods.training import lr_scale
 
 
 def test_cosine_schedule_by_hand() -> None:

@@ -10,22 +10,22 @@ from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from fedcustom.errors import UserError
+from fedcustom.core.errors import UserError
 
 if TYPE_CHECKING:
-    from fedcustom.config import ExperimentConfig
+    from fedcustom.core.config import ExperimentConfig
 
 DEMO_CONFIG = "demo.toml"
 
 
 def cmd_run(args: argparse.Namespace) -> None:
-    from fedcustom.config import load_config
+    from fedcustom.core.config import load_config
 
     if args.resume is not None:
         if args.config is not None or args.set:
             raise UserError("--resume takes no config file or --set: a run goes on with its saved config")
-        from fedcustom.engines import ENGINES
-        from fedcustom.experiment import resume_experiment
+        from fedcustom.core.registry import ENGINES
+        from fedcustom.runs.experiment import resume_experiment
 
         saved = Path(args.resume) / "config.toml"
         cfg = load_config(saved) if saved.is_file() else None
@@ -39,7 +39,7 @@ def cmd_run(args: argparse.Namespace) -> None:
 
 
 def cmd_demo(args: argparse.Namespace) -> None:
-    from fedcustom.config import load_config
+    from fedcustom.core.config import load_config
 
     with resources.as_file(resources.files("fedcustom") / "configs" / DEMO_CONFIG) as path:
         cfg = load_config(Path(path), args.set)
@@ -47,18 +47,18 @@ def cmd_demo(args: argparse.Namespace) -> None:
 
 
 def run_and_summarize(cfg: ExperimentConfig) -> None:
-    from fedcustom.engines import ENGINES
-    from fedcustom.experiment import run_experiment
+    from fedcustom.core.registry import ENGINES
+    from fedcustom.runs.experiment import run_experiment
 
     if ENGINES.get(cfg.engine).launch(cfg) is None:  # an engine with its own server runs it there
         run_experiment(cfg)
 
 
 def cmd_report(args: argparse.Namespace) -> None:
-    from fedcustom.report import write_report
+    from fedcustom.reporting.report import write_report
 
     if len(args.run_dirs) == 1 and (Path(args.run_dirs[0]) / "study.json").is_file():
-        from fedcustom.study_report import write_study_report
+        from fedcustom.reporting.study_report import write_study_report
 
         out = Path(args.out) if args.out else None
         print(f"report: {write_study_report(Path(args.run_dirs[0]), out)}")
@@ -77,9 +77,8 @@ def cmd_datasets(args: argparse.Namespace) -> None:
 
 
 def cmd_methods(args: argparse.Namespace) -> None:
-    from fedcustom.config import describe
-    from fedcustom.methods import METHODS
-    from fedcustom.strategies import STRATEGIES
+    from fedcustom.core.config import describe
+    from fedcustom.core.registry import METHODS, STRATEGIES
 
     for title, registry in (("methods", METHODS), ("strategies", STRATEGIES)):
         print(f"{title}:")

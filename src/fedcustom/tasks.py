@@ -12,11 +12,14 @@ from typing import Any
 
 from torch import nn
 
-from fedcustom.config import ExperimentConfig
-from fedcustom.data.batching import Encoded
+from fedcustom.core.config import ExperimentConfig
+from fedcustom.core.errors import UserError
+from fedcustom.core.registry import METHODS
+from fedcustom.data.batching import Encoded, encode_split
 from fedcustom.data.datasets import TaskData
-from fedcustom.errors import UserError
+from fedcustom.data.pairs import encode_pairs
 from fedcustom.methods.base import Method
+from fedcustom.models.lm import build_language_model
 
 
 @dataclass(frozen=True)
@@ -30,19 +33,16 @@ def build_classifier(method: Method, cfg: ExperimentConfig, data: TaskData) -> t
 
 
 def encode_texts(split: Any, tokenizer: Any, cfg: ExperimentConfig) -> Encoded:
-    from fedcustom.experiment import encode_split
 
     return encode_split(split, tokenizer, cfg.model.max_length)
 
 
 def build_generator(method: Method, cfg: ExperimentConfig, data: TaskData) -> tuple[nn.Module, Any]:
-    from fedcustom.lm import build_language_model
 
     return build_language_model(cfg.model, cfg.generation, cfg.seed)
 
 
 def encode_generation(split: Any, tokenizer: Any, cfg: ExperimentConfig) -> Encoded:
-    from fedcustom.data.pairs import encode_pairs
 
     return encode_pairs(split["text"], split["target"], tokenizer, cfg.model.max_length, cfg.generation)
 
@@ -65,6 +65,5 @@ def task_for(cfg: ExperimentConfig, method: Method, data: TaskData) -> Task:
 
 
 def supporting(kind: str) -> list[str]:
-    from fedcustom.methods import METHODS
 
     return [n for n, m in METHODS.items() if kind in m.tasks]

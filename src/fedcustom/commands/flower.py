@@ -14,11 +14,11 @@ import argparse
 import os
 from pathlib import Path
 
-from fedcustom.errors import UserError
+from fedcustom.core.errors import UserError
 
 
 def security(args: argparse.Namespace, server: bool = False):  # noqa: ANN201 - deploy.Security
-    from fedcustom.engines.deploy import Security
+    from fedcustom.engines.flower.deploy import Security
 
     if args.insecure and args.certificates:
         raise UserError("--insecure and --certificates exclude each other")
@@ -27,14 +27,14 @@ def security(args: argparse.Namespace, server: bool = False):  # noqa: ANN201 - 
 
 def exec_flower(cmd: list[str]) -> None:
     """Become the Flower process, so signals and exit codes are its own."""
-    from fedcustom.engines.deploy import flower_env
+    from fedcustom.engines.flower.deploy import flower_env
 
     print(" ".join(cmd), flush=True)
     os.execvpe(cmd[0], cmd, flower_env(Path(os.environ.get("FLWR_HOME", Path.home() / ".flwr"))))
 
 
 def cmd_certificates(args: argparse.Namespace) -> None:
-    from fedcustom.engines.credentials import make_certificates
+    from fedcustom.engines.flower.credentials import make_certificates
 
     for path in make_certificates(Path(args.dir), args.host, args.days):
         print(path)
@@ -42,14 +42,14 @@ def cmd_certificates(args: argparse.Namespace) -> None:
 
 
 def cmd_node_key(args: argparse.Namespace) -> None:
-    from fedcustom.engines.credentials import make_node_key
+    from fedcustom.engines.flower.credentials import make_node_key
 
     private, public = make_node_key(Path(args.dir), args.name)
     print(f"private key (stays on the SuperNode): {private}\npublic key (register it): {public}")
 
 
 def cmd_superlink(args: argparse.Namespace) -> None:
-    from fedcustom.engines.deploy import superlink_command
+    from fedcustom.engines.flower.deploy import superlink_command
 
     database = Path(args.database) if args.database else None
     secured = security(args, server=True)
@@ -57,14 +57,14 @@ def cmd_superlink(args: argparse.Namespace) -> None:
 
 
 def cmd_register(args: argparse.Namespace) -> None:
-    from fedcustom.engines.deploy import register_node
+    from fedcustom.engines.flower.deploy import register_node
 
     register_node(Path(args.public_key), args.superlink, security(args))
     print(f"registered {args.public_key} at {args.superlink}")
 
 
 def cmd_supernode(args: argparse.Namespace) -> None:
-    from fedcustom.engines.deploy import supernode_command
+    from fedcustom.engines.flower.deploy import supernode_command
 
     data = Path(args.data) if args.data else None
     if data is not None and not data.is_file():
@@ -76,8 +76,8 @@ def cmd_supernode(args: argparse.Namespace) -> None:
 
 
 def cmd_submit(args: argparse.Namespace) -> None:
-    from fedcustom.config import dumps, load_config
-    from fedcustom.engines.deploy import submit
+    from fedcustom.core.config import dumps, load_config
+    from fedcustom.engines.flower.deploy import submit
 
     if args.resume:
         if args.config or args.set:

@@ -13,7 +13,7 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
-from fedcustom.errors import UserError
+from fedcustom.core.errors import UserError
 
 MODES = ("federated", "centralized")
 
@@ -45,10 +45,10 @@ def load_tuned(adapter: Path, lm: Any) -> Any:
 def generate(run: str | Path, text: str, max_new_tokens: int | None = None) -> str:
     import torch
 
-    from fedcustom.config import load_config
+    from fedcustom.core.config import load_config
     from fedcustom.data.pairs import prompt_ids
-    from fedcustom.lm import LanguageModel
-    from fedcustom.models import load_causal_lm
+    from fedcustom.models.backbones import load_causal_lm
+    from fedcustom.models.lm import LanguageModel
 
     config, adapter = locate(Path(run))
     cfg = load_config(config)

@@ -6,7 +6,7 @@ import argparse
 
 
 def cmd_study(args: argparse.Namespace) -> None:
-    from fedcustom.study import describe_plan, load_study, run_study
+    from fedcustom.runs.study import describe_plan, load_study, run_study
 
     study = load_study(args.file, args.set)  # every cell's config is checked before anything runs
     if args.dry_run:

@@ -55,6 +55,11 @@ def encode(texts: Sequence[str], labels: Sequence[int], tokenizer: Any, max_leng
     return Encoded(matrix, lengths, torch.tensor(list(labels), dtype=torch.long))
 
 
+def encode_split(split: Any, tokenizer: Any, max_length: int) -> Encoded:
+    """A classification split's token rows (its `text` and `label` columns)."""
+    return encode(split["text"], split["label"], tokenizer, max_length)
+
+
 def take(data: Encoded, rows: np.ndarray) -> Batch:
     index = torch.from_numpy(rows)
     lengths = data.lengths[index]

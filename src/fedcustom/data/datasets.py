@@ -19,10 +19,10 @@ import datasets
 import numpy as np
 import pandas as pd
 
-from fedcustom.config import DataConfig
-from fedcustom.errors import UserError
-from fedcustom.packages import package_dir
-from fedcustom.registry import Registry
+from fedcustom.core.config import DataConfig
+from fedcustom.core.errors import UserError
+from fedcustom.core.packages import package_dir
+from fedcustom.core.registry import Registry
 
 FEATURES = datasets.Features({"text": datasets.Value("string"), "label": datasets.Value("int64")})
 PAIR_FEATURES = datasets.Features({**FEATURES, "target": datasets.Value("string")})
@@ -58,7 +58,7 @@ class BuiltinDataset:
     load: Callable[[], Table]
 
 
-DATASETS: Registry[BuiltinDataset] = Registry("dataset")
+DATASETS: Registry[BuiltinDataset] = Registry("dataset", ("fedcustom.data.generation",))
 
 
 def builtin(name: str, description: str) -> Callable[[Callable[[], Table]], Callable[[], Table]]:
@@ -211,8 +211,32 @@ def load_user_data(path: Path, text_column: str, label_column: str,
     return Table([str(t) for t in texts], ids, names)
 
 
+def has_pairs(df: pd.DataFrame, cfg: DataConfig) -> bool:
+    return {cfg.prompt_column, cfg.response_column} <= set(df.columns)
+
+
+def load_user_pairs(path: Path, df: pd.DataFrame, cfg: DataConfig) -> Table:
+    if len(df) == 0:  # first: an empty file has no columns either
+        raise UserError(f"{path}: the dataset has no rows")
+    for role, column in (("prompt", cfg.prompt_column), ("response", cfg.response_column)):
+        if column not in df.columns:
+            raise UserError(
+                f"{path}: no {role} column '{column}' (columns: {', '.join(map(str, df.columns))});"
+                f" a generation dataset needs prompt and response fields (set data.{role}_column)")
+    prompts, responses = df[cfg.prompt_column].tolist(), df[cfg.response_column].tolist()
+    for column, values in ((cfg.prompt_column, prompts), (cfg.response_column, responses)):
+        rows = [i for i, v in enumerate(values) if is_missing(v)]
+        if rows:
+            raise UserError(f"{path}: {len(rows)} row(s) with an empty '{column}' (first: row "
+                            f"{rows[0]}); every pair needs a prompt and a response")
+    if cfg.label_column in df.columns and not any(is_missing(v) for v in df[cfg.label_column]):
+        labels, names = encode_labels(df[cfg.label_column].tolist())
+    else:  # no groups: IID partitions (a Dirichlet draw over one group is IID too)
+        labels, names = np.zeros(len(df), dtype=np.int64), ["all"]
+    return Table([str(p) for p in prompts], labels, names, targets=[str(r) for r in responses])
+
+
 def load_table(cfg: DataConfig) -> Table:
-    from fedcustom.data.generation import has_pairs, load_user_pairs
 
     if cfg.dataset in DATASETS.names():
         table = load_builtin(cfg.dataset)

@@ -14,9 +14,9 @@ from typing import Any
 
 import torch
 
-from fedcustom.config import GenerationConfig
+from fedcustom.core.config import GenerationConfig
+from fedcustom.core.errors import UserError
 from fedcustom.data.batching import Encoded
-from fedcustom.errors import UserError
 
 IGNORE = -100  # the label that torch's cross-entropy skips
 PLACEHOLDER = "\x00CONTENT\x00"

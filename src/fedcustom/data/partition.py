@@ -17,9 +17,9 @@ from flwr_datasets.partitioner import (
     ShardPartitioner,
 )
 
-from fedcustom.config import PartitionConfig
-from fedcustom.errors import UserError
-from fedcustom.report import table
+from fedcustom.core.config import PartitionConfig
+from fedcustom.core.errors import UserError
+from fedcustom.core.text import table
 
 ROW = "__row__"
 ADVICE = "use fewer clients, a larger alpha or more data"

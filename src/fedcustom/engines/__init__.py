@@ -1,6 +1,5 @@
-"""Engines: where clients run. Importing this package registers every built-in engine."""
+"""Engines: where clients run (simulation: in process; flower/: Flower's deployment and simulation).
 
-from fedcustom.engines import flower, simulation  # noqa: F401  (register themselves)
-from fedcustom.engines.base import ENGINES, Client, Engine, Job
-
-__all__ = ["ENGINES", "Client", "Engine", "Job"]
+Kept free of imports: a Flower ClientApp process imports engines.flower.node first and must not
+pay for torch. The engine registry (core.registry.ENGINES) imports the built-in engines itself.
+"""

@@ -9,9 +9,11 @@ from __future__ import annotations
 
 from typing import Any
 
-from fedcustom.engines.base import ENGINES, ClientOutcome, Engine, Job, client_update, run_rounds
-from fedcustom.methods.base import State
-from fedcustom.payload import deserialize, serialize
+from fedcustom.core.payload import deserialize, serialize
+from fedcustom.core.registry import ENGINES
+from fedcustom.core.types import State
+from fedcustom.engines.base import Engine
+from fedcustom.federation.rounds import ClientOutcome, Job, client_update, run_rounds
 
 
 @ENGINES.register("simulation")

@@ -1,4 +1,5 @@
-"""Customization methods; importing this package registers every built-in method."""
+"""Customization methods, one module each; importing this package registers every built-in one
+(core.registry.METHODS does so the first time it is asked for a method)."""
 
 from fedcustom.methods import (  # noqa: F401  (each registers itself)
     bbpt,
@@ -9,6 +10,3 @@ from fedcustom.methods import (  # noqa: F401  (each registers itself)
     prompt,
     prompt_search,
 )
-from fedcustom.methods.base import METHODS, Method, State
-
-__all__ = ["METHODS", "Method", "State"]

@@ -17,16 +17,18 @@ import torch.nn.functional as F
 from safetensors.torch import save_file
 from torch import nn
 
+from fedcustom.core.errors import UserError
+from fedcustom.core.types import State
 from fedcustom.data.batching import Batch
-from fedcustom.errors import UserError
-from fedcustom.registry import Registry
+from fedcustom.methods.training import train_local
+from fedcustom.models.backbones import TaskModel, build_classifier
+from fedcustom.models.evaluation import evaluate_classifier
 
 if TYPE_CHECKING:
-    from fedcustom.config import ModelConfig, TrainConfig
+    from fedcustom.core.config import ModelConfig, TrainConfig
     from fedcustom.data.batching import Encoded
-    from fedcustom.training import LocalResult
+    from fedcustom.methods.training import LocalResult
 
-State = dict[str, torch.Tensor]
 
 
 class Method(ABC):
@@ -34,7 +36,7 @@ class Method(ABC):
     summary: ClassVar[str]
     # What the method exchanges: weights | logits | scores | none (see DESIGN.md).
     exchange: ClassVar[str] = "weights"
-    # The task kinds (tasks.py) the method can train: its model builder and loss fit these.
+    # The task kinds (fedcustom.tasks) the method can train: its model builder and loss fit these.
     tasks: ClassVar[frozenset[str]] = frozenset({"classification"})
     Options: ClassVar[type]
 
@@ -43,14 +45,11 @@ class Method(ABC):
 
     def build_model(self, cfg: ModelConfig, num_labels: int, seed: int) -> tuple[nn.Module, Any]:
         """The task model (before `prepare`) and its tokenizer. Default: backbone + classifier head."""
-        from fedcustom.models import build_classifier
 
         return build_classifier(cfg, num_labels, seed)
 
     def evaluate(self, model: nn.Module, data: Encoded, batch_size: int) -> dict[str, float]:
         """Metrics of `model` on held-out `data` (names without the split prefix)."""
-        from fedcustom.evaluation import evaluate_classifier
-        from fedcustom.models import TaskModel
 
         if isinstance(model, TaskModel):  # the task (classification, generation) knows its metrics
             return model.evaluate(data, batch_size)
@@ -97,12 +96,10 @@ class Method(ABC):
         """Client `cid`'s local work on `rows` of `data`, in place on `model`. Gradient methods use
         the shared loop (training.train_local); a method that trains differently (forward-only
         search, distillation, per-client models) overrides this, and engines call nothing else."""
-        from fedcustom.training import train_local
 
         return train_local(model, self, data, rows, cfg, seed, progress=progress, **client_config)
 
     def loss(self, model: nn.Module, batch: Batch) -> torch.Tensor:
-        from fedcustom.models import TaskModel
 
         if isinstance(model, TaskModel):  # e.g. a language model's response-only loss
             return model.loss(batch)
@@ -121,5 +118,3 @@ class Method(ABC):
             save_file({k: v.detach().cpu().contiguous() for k, v in head.state_dict().items()},
                       path / "head.safetensors")
 
-
-METHODS: Registry[type[Method]] = Registry("method")

@@ -23,10 +23,11 @@ import torch
 from safetensors.torch import save_file
 from torch import nn
 
-from fedcustom.config import TrainConfig, check, opt
+from fedcustom.core.config import TrainConfig, check, opt
+from fedcustom.core.errors import UserError
+from fedcustom.core.registry import METHODS
+from fedcustom.core.types import State
 from fedcustom.data.batching import Encoded
-from fedcustom.errors import UserError
-from fedcustom.methods.base import METHODS, State
 from fedcustom.methods.blackbox import (
     BlackBoxMethod,
     BlackBoxOptions,
@@ -34,7 +35,7 @@ from fedcustom.methods.blackbox import (
     accuracy_and_loss,
     hidden_states,
 )
-from fedcustom.training import LocalResult
+from fedcustom.methods.training import LocalResult
 
 
 @dataclass(frozen=True)

@@ -20,14 +20,16 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fedcustom.config import check, opt
+from fedcustom.core.config import check, opt
+from fedcustom.core.device import autocast, model_device
+from fedcustom.core.errors import UserError
+from fedcustom.core.types import State
 from fedcustom.data.batching import eval_batches
-from fedcustom.device import autocast, model_device
-from fedcustom.errors import UserError
-from fedcustom.methods.base import Method, State
+from fedcustom.methods.base import Method
+from fedcustom.models.backbones import load_causal_lm
 
 if TYPE_CHECKING:
-    from fedcustom.config import ModelConfig
+    from fedcustom.core.config import ModelConfig
     from fedcustom.data.batching import Encoded
 
 SENTIMENT_TEMPLATES = (
@@ -156,7 +158,6 @@ class BlackBoxMethod(Method):
     options: BlackBoxOptions
 
     def build_model(self, cfg: ModelConfig, num_labels: int, seed: int) -> tuple[nn.Module, Any]:
-        from fedcustom.models import load_causal_lm
 
         if len(self.options.label_words) != num_labels:
             raise UserError(f"method.label_words has {len(self.options.label_words)} entries; the data "

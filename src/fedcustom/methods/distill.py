@@ -33,11 +33,13 @@ import numpy as np
 import torch
 from torch import nn
 
-from fedcustom.config import ModelConfig, TrainConfig, check, opt
+from fedcustom.core.config import ModelConfig, TrainConfig, check, opt
+from fedcustom.core.device import autocast, model_device
+from fedcustom.core.errors import UserError
+from fedcustom.core.registry import METHODS
+from fedcustom.core.types import State
 from fedcustom.data.batching import Encoded, encode, eval_batches
-from fedcustom.device import autocast, model_device
-from fedcustom.errors import UserError
-from fedcustom.methods.base import METHODS, Method, State
+from fedcustom.methods.base import Method
 from fedcustom.methods.distill_parts import (
     ClientSpec,
     ToTargets,
@@ -45,7 +47,8 @@ from fedcustom.methods.distill_parts import (
     load_public_texts,
     parse_spec,
 )
-from fedcustom.training import LocalResult, train_local
+from fedcustom.methods.training import LocalResult, train_local
+from fedcustom.models.backbones import build_classifier
 
 CLIENT_STREAM = 7919  # keep these seeds apart from the engine's (seed, round, client) streams
 SERVER_STREAM = 7927
@@ -123,7 +126,6 @@ class Distill(Method):
     # --- the server model ----------------------------------------------------------------------
 
     def build_model(self, cfg: ModelConfig, num_labels: int, seed: int) -> tuple[nn.Module, Any]:
-        from fedcustom.models import build_classifier
 
         self.model_cfg, self.num_labels, self.seed = cfg, num_labels, seed
         self.public_texts = load_public_texts(self.options.public, self.options.public_text_column,

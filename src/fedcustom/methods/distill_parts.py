@@ -3,7 +3,7 @@ small model types clients may run, the public proxy set, and the loss that pulls
 soft targets.
 
 A client spec is one string of `key=value` words, e.g. "model=minilm layers=3 method=lora rank=4",
-so the config stays a flat, checked list (config.py coerces only scalars and lists of them).
+so the config stays a flat, checked list (core/config.py coerces only scalars and lists of them).
 Keys: `model` (a backbone name or path as in [model], or `bow` for a bag-of-embeddings model over
 the server tokenizer's vocabulary), `layers` (keep the backbone's first N layers; 0: all), `method`
 (a registered weight-exchanging method that customizes the backbone), `dim` (bow embedding width),
@@ -22,11 +22,14 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fedcustom.config import ConfigError, ModelConfig, build
+from fedcustom.core.config import ConfigError, ModelConfig, build
+from fedcustom.core.errors import UserError
+from fedcustom.core.packages import package_dir
+from fedcustom.core.registry import METHODS
 from fedcustom.data.batching import Batch
-from fedcustom.errors import UserError
-from fedcustom.methods.base import METHODS, Method
-from fedcustom.packages import package_dir
+from fedcustom.data.datasets import read_frame
+from fedcustom.methods.base import Method
+from fedcustom.models.backbones import build_classifier
 
 SPEC_KEYS = ("model", "layers", "method", "dim", "lr")
 BOW = "bow"
@@ -116,7 +119,6 @@ def keep_first_layers(backbone: nn.Module, layers: int) -> None:
 def build_client_model(spec: ClientSpec, server: ModelConfig, server_tokenizer: Any, num_labels: int,
                        seed: int) -> tuple[nn.Module, Any, Method]:
     """(prepared model, tokenizer, the method that trains it) for one client spec."""
-    from fedcustom.models import build_classifier
 
     if spec.model == BOW:
         torch.manual_seed(seed)
@@ -192,7 +194,6 @@ def load_public_texts(source: str, text_column: str, size: int) -> list[str]:
         if path.suffix.lower() == ".txt":
             texts = path.read_text(errors="replace").splitlines()
         else:
-            from fedcustom.data.datasets import read_frame
 
             frame = read_frame(path)
             if text_column not in frame.columns:

@@ -13,7 +13,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from fedcustom.methods.base import METHODS, Method
+from fedcustom.core.registry import METHODS
+from fedcustom.methods.base import Method
 
 
 @dataclass(frozen=True)

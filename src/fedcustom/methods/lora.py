@@ -11,9 +11,10 @@ from dataclasses import dataclass
 from peft import LoraConfig
 from torch import nn
 
-from fedcustom.config import check, opt
-from fedcustom.errors import UserError
-from fedcustom.methods.base import METHODS, Method
+from fedcustom.core.config import check, opt
+from fedcustom.core.errors import UserError
+from fedcustom.core.registry import METHODS
+from fedcustom.methods.base import Method
 
 
 @dataclass(frozen=True)

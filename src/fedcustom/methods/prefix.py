@@ -19,9 +19,10 @@ import torch
 from peft import PrefixTuningConfig
 from torch import nn
 
-from fedcustom.config import check, opt
-from fedcustom.errors import UserError
-from fedcustom.methods.base import METHODS, Method
+from fedcustom.core.config import check, opt
+from fedcustom.core.errors import UserError
+from fedcustom.core.registry import METHODS
+from fedcustom.methods.base import Method
 
 KEY_NAMES = ("key", "k_proj", "k_lin")
 VALUE_NAMES = ("value", "v_proj", "v_lin")

@@ -13,8 +13,9 @@ from typing import Literal
 from peft import PromptTuningConfig, PromptTuningInit
 from torch import nn
 
-from fedcustom.config import check, opt
-from fedcustom.methods.base import METHODS, Method
+from fedcustom.core.config import check, opt
+from fedcustom.core.registry import METHODS
+from fedcustom.methods.base import Method
 
 
 @dataclass(frozen=True)

@@ -23,10 +23,11 @@ import numpy as np
 import torch
 from torch import nn
 
-from fedcustom.config import TrainConfig
+from fedcustom.core.config import TrainConfig
+from fedcustom.core.errors import UserError
+from fedcustom.core.registry import METHODS
+from fedcustom.core.types import State
 from fedcustom.data.batching import Encoded
-from fedcustom.errors import UserError
-from fedcustom.methods.base import METHODS, State
 from fedcustom.methods.blackbox import (
     BlackBoxMethod,
     BlackBoxOptions,
@@ -34,7 +35,7 @@ from fedcustom.methods.blackbox import (
     accuracy_and_loss,
     hidden_states,
 )
-from fedcustom.training import LocalResult
+from fedcustom.methods.training import LocalResult
 
 STATE_KEYS = {"candidates", "scores", "best", "pool_sizes"}
 

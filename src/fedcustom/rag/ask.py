@@ -7,7 +7,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from fedcustom.errors import UserError
+from fedcustom.core.errors import UserError
 from fedcustom.rag.federation import FederatedRetriever, Hit, RagClient, Traffic
 from fedcustom.rag.generate import Generator
 from fedcustom.rag.store import Document, LocalStore, load_encoder

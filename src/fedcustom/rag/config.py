@@ -7,7 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from fedcustom.config import apply_overrides, build, check, opt, read_toml
+from fedcustom.core.config import apply_overrides, build, check, opt, read_toml
 
 
 @dataclass(frozen=True)

@@ -9,9 +9,9 @@ import datasets
 import numpy as np
 from flwr_datasets.partitioner import IidPartitioner, PathologicalPartitioner
 
+from fedcustom.core.errors import UserError
+from fedcustom.core.packages import package_dir
 from fedcustom.data.datasets import read_text
-from fedcustom.errors import UserError
-from fedcustom.packages import package_dir
 from fedcustom.rag.store import Document
 
 

@@ -14,14 +14,14 @@ from typing import Any
 import tomli_w
 import torch
 
-from fedcustom.config import to_dict
+from fedcustom.core.config import to_dict
+from fedcustom.core.io import atomic_write, new_run_dir
 from fedcustom.rag.config import RagConfig
 from fedcustom.rag.corpus import build_corpus
 from fedcustom.rag.evaluate import evaluate_answers, evaluate_retrieval, passage_keys
 from fedcustom.rag.federation import FederatedRetriever, RagClient, centralized_store, pack, passage_record
 from fedcustom.rag.generate import Generator
 from fedcustom.rag.store import LocalStore, load_encoder
-from fedcustom.results import atomic_write, new_run_dir
 
 
 def retrievers(clients: list[RagClient], central: RagClient, cfg: RagConfig) -> dict[str, FederatedRetriever]:

@@ -15,9 +15,9 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from fedcustom.errors import UserError
+from fedcustom.core.errors import UserError
+from fedcustom.core.registry import Registry
 from fedcustom.rag.store import LocalStore, Passage
-from fedcustom.registry import Registry
 
 
 def pack(message: dict[str, Any]) -> bytes:

@@ -13,7 +13,8 @@ from pathlib import Path
 
 import torch
 
-from fedcustom.errors import UserError
+from fedcustom.core.errors import UserError
+from fedcustom.models.backbones import resolve
 from fedcustom.rag.federation import Hit
 
 SYSTEM = "Answer the question briefly. Use the context passages when they help."
@@ -36,7 +37,6 @@ class Generator:
         from transformers import AutoModelForCausalLM, AutoTokenizer
         from transformers.utils import logging as hf_logging
 
-        from fedcustom.models import resolve
 
         hf_logging.set_verbosity_error()
         hf_logging.disable_progress_bar()

@@ -20,8 +20,9 @@ import faiss
 import numpy as np
 import torch
 
-from fedcustom.errors import UserError
-from fedcustom.results import atomic_write
+from fedcustom.core.errors import UserError
+from fedcustom.core.io import atomic_write
+from fedcustom.models.backbones import resolve
 
 STORE_FORMAT = "fedcustom-rag-store-1"
 INDEX_FILE, PASSAGES_FILE, META_FILE = "index.faiss", "passages.jsonl", "store.json"
@@ -57,7 +58,6 @@ class Encoder:
     def __init__(self, name: str, max_length: int = 256, batch_size: int = 32) -> None:
         from transformers import AutoModel, AutoTokenizer
 
-        from fedcustom.models import resolve
 
         source, kwargs = resolve(name)
         try:

@@ -1,6 +1,7 @@
-"""Server strategies; importing this package registers every built-in strategy."""
+"""Server strategies, one module per family; importing this package registers every built-in one
+(core.registry.STRATEGIES does so the first time it is asked for a strategy)."""
 
-from fedcustom.strategies import (  # noqa: F401  (register themselves)
+from fedcustom.strategies import (  # noqa: F401  (each registers itself)
     consensus,
     fedavg,
     fedopt,
@@ -9,6 +10,3 @@ from fedcustom.strategies import (  # noqa: F401  (register themselves)
     robust,
     search,
 )
-from fedcustom.strategies.base import STRATEGIES, Strategy, weighted_mean
-
-__all__ = ["STRATEGIES", "Strategy", "weighted_mean"]

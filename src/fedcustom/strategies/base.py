@@ -11,9 +11,8 @@ from typing import Any, ClassVar
 
 import torch
 
-from fedcustom.registry import Registry
+from fedcustom.core.types import State
 
-State = dict[str, torch.Tensor]
 ClientResult = tuple[State, int]  # (client state, number of training examples)
 
 
@@ -60,5 +59,3 @@ def weighted_mean(results: list[ClientResult]) -> State:
         out[key] = acc.to(results[0][0][key].dtype)  # type: ignore[union-attr]
     return out
 
-
-STRATEGIES: Registry[type[Strategy]] = Registry("strategy")

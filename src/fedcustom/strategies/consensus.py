@@ -18,8 +18,10 @@ from typing import Literal
 
 import torch
 
-from fedcustom.config import check, opt
-from fedcustom.strategies.base import STRATEGIES, ClientResult, State, Strategy
+from fedcustom.core.config import check, opt
+from fedcustom.core.registry import STRATEGIES
+from fedcustom.core.types import State
+from fedcustom.strategies.base import ClientResult, Strategy
 
 
 @dataclass(frozen=True)

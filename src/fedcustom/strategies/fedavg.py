@@ -11,8 +11,10 @@ from dataclasses import dataclass
 
 import torch
 
-from fedcustom.config import check, opt
-from fedcustom.strategies.base import STRATEGIES, ClientResult, State, Strategy, weighted_mean
+from fedcustom.core.config import check, opt
+from fedcustom.core.registry import STRATEGIES
+from fedcustom.core.types import State
+from fedcustom.strategies.base import ClientResult, Strategy, weighted_mean
 
 
 @dataclass(frozen=True)

@@ -16,9 +16,11 @@ from typing import Any
 
 import torch
 
-from fedcustom.config import check, opt
-from fedcustom.errors import UserError
-from fedcustom.strategies.base import STRATEGIES, ClientResult, State, Strategy, weighted_mean
+from fedcustom.core.config import check, opt
+from fedcustom.core.errors import UserError
+from fedcustom.core.registry import STRATEGIES
+from fedcustom.core.types import State
+from fedcustom.strategies.base import ClientResult, Strategy, weighted_mean
 from fedcustom.strategies.fedavg import FedAvg, FedAvgOptions
 
 

@@ -10,8 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from typing import Any
 
-from fedcustom.config import check, opt
-from fedcustom.strategies.base import STRATEGIES
+from fedcustom.core.config import check, opt
+from fedcustom.core.registry import STRATEGIES
 from fedcustom.strategies.fedavg import FedAvg, FedAvgOptions
 
 

@@ -11,7 +11,7 @@ step (server_lr, momentum), which is post-processing and costs no privacy.
 Local (local = true): every clipped delta gets its own noise, std noise_multiplier * clip_norm,
 so no single update is ever seen clean. In the simulation the strategy adds it per client before
 averaging, which gives the numbers clients adding it themselves would give (honest clients; the
-update checks in validation.py still see the clean updates). A deployment must add it on the
+update checks in federation/screening.py still see the clean updates). A deployment must add it on the
 client: `privatize` is the method-agnostic transform a client applies before sending.
 
 Accounting is opacus's RDP accountant: one Gaussian-mechanism step per aggregated round, sampled
@@ -32,8 +32,10 @@ from typing import Any
 import numpy as np
 import torch
 
-from fedcustom.config import check, opt
-from fedcustom.strategies.base import STRATEGIES, ClientResult, State
+from fedcustom.core.config import check, opt
+from fedcustom.core.registry import STRATEGIES
+from fedcustom.core.types import State
+from fedcustom.strategies.base import ClientResult
 from fedcustom.strategies.fedavg import FedAvg, FedAvgOptions
 
 CENTRAL_STREAM = 0  # noise stream of the server's draw; client i of a round draws from stream i + 1

@@ -13,9 +13,11 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 
-from fedcustom.config import check, opt
-from fedcustom.errors import UserError
-from fedcustom.strategies.base import STRATEGIES, ClientResult, State, Strategy
+from fedcustom.core.config import check, opt
+from fedcustom.core.errors import UserError
+from fedcustom.core.registry import STRATEGIES
+from fedcustom.core.types import State
+from fedcustom.strategies.base import ClientResult, Strategy
 
 Arrays = list[np.ndarray]
 

@@ -1,0 +1,1 @@
+"""Flower apps: the ServerApp and the (light) ClientApp, loaded by reference."""

@@ -1,0 +1,53 @@
+"""Where the model computes, and in what precision: the one place that knows about GPUs.
+
+The model moves to the device once (runs/experiment.py); batches follow it in the shared training
+loop and in evaluation (`model_device`). Exchanged states always live on the CPU (Method.get_state
+copies there), so payloads, strategies, byte counts and checkpoints are the same on any device.
+`bf16` runs forward passes under autocast (bfloat16 matmuls, fp32 weights and optimizer); the
+default `fp32` changes nothing.
+"""
+
+from __future__ import annotations
+
+import re
+from contextlib import AbstractContextManager
+
+import torch
+from torch import nn
+
+from fedcustom.core.errors import UserError
+
+DEVICE_PATTERN = re.compile(r"^(auto|cpu|cuda|cuda:\d+)$")
+
+
+def resolve_device(name: str, gpus: int | None = None) -> torch.device:
+    """`auto` -> the first GPU if there is one, else the CPU; `cuda`/`cuda:N` must exist.
+    `gpus` (how many are present) is for tests; None asks torch."""
+    if not DEVICE_PATTERN.match(name):
+        raise UserError(f"device = {name!r}: expected auto, cpu, cuda or cuda:N")
+    count = gpus if gpus is not None else torch.cuda.device_count() if torch.cuda.is_available() else 0
+    if name == "auto":
+        return torch.device("cuda:0" if count else "cpu")
+    if name == "cpu":
+        return torch.device("cpu")
+    index = int(name.partition(":")[2] or 0)
+    if index >= count:
+        found = f"{count} GPU(s) found" if count else "no GPU found (torch has no CUDA device here)"
+        raise UserError(f"device = {name!r}: {found}; use device = 'auto' or 'cpu'")
+    return torch.device("cuda", index)
+
+
+def model_device(model: nn.Module) -> torch.device:
+    """The device a model's weights are on (the CPU for a model without any)."""
+    return next(model.parameters(), torch.empty(0)).device
+
+
+def autocast(device: torch.device, precision: str) -> AbstractContextManager[object]:
+    """Forward passes in bfloat16 under autocast for `bf16`; a no-op for `fp32`."""
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
+
+
+def check_precision(device: torch.device, precision: str) -> None:
+    if device.type == "cuda" and precision == "bf16" and not torch.cuda.is_bf16_supported():
+        raise UserError(f"train.precision = 'bf16': {torch.cuda.get_device_name(device)} has no "
+                        "bfloat16 support; use 'fp32'")

@@ -1,0 +1,119 @@
+"""A client site's training message on the Flower engines (the handler of fedcustom.apps.clientapp).
+
+Each message runs in a fresh ClientApp process on a SuperNode (Flower's isolation; a Ray actor in
+Flower's simulation, which keeps the process). The client rebuilds the model from the experiment
+config the server sends, reads its own data (a file named in its node config, or its partition of
+the configured dataset for trials on one machine) and does the same `client_update` as an
+in-process client. In a secure round (SecAgg+), Flower's mod masks the delta it returns.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from functools import lru_cache
+from typing import Any
+
+import numpy as np
+import tomllib
+import torch
+from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
+
+from fedcustom.core.config import DataConfig, ExperimentConfig, build
+from fedcustom.core.device import resolve_device
+from fedcustom.core.errors import UserError
+from fedcustom.core.registry import METHODS
+from fedcustom.data import load_task_data, partition_indices
+from fedcustom.data.datasets import Table, TaskData, load_table, to_dataset
+from fedcustom.engines.flower.node import NODE_DATA_PATH, node_client_id
+from fedcustom.engines.flower.secagg import (
+    is_secure_fit,
+    read_secure_config,
+    read_secure_state,
+    secure_fit_reply,
+)
+from fedcustom.federation.attacks import Attack
+from fedcustom.federation.faults import Faults
+from fedcustom.federation.rounds import Client, Job, client_update
+from fedcustom.strategies.fedavg import FedAvg, FedAvgOptions
+from fedcustom.tasks import task_for
+
+
+def config_from_text(text: str) -> ExperimentConfig:
+    return build(ExperimentConfig, tomllib.loads(text))
+
+
+@lru_cache(maxsize=1)  # a long-lived client process (a Ray actor) keeps one model, for all its clients
+def client_job(config_text: str, label_names_json: str, data_path: str, cid: int) -> Job:
+    """The client's side of the experiment, built once per client process and config: the
+    prepared model, the training data and the clients' rows. With a data path, client `cid` trains
+    on every row of its own file; otherwise every client has its partition of the configured
+    dataset, exactly the rows the in-process engine gives it (pass cid = -1: the job serves all)."""
+    from dataclasses import replace
+
+
+    cfg = config_from_text(config_text)
+    label_names = json.loads(label_names_json)
+    torch.set_num_threads(cfg.threads or os.cpu_count() or 1)
+    method = METHODS.get(cfg.method.name)(cfg.method.options)
+    if data_path:
+        data = site_data(replace(cfg.data, dataset=data_path), label_names)
+        rows_by_client = [np.array([], dtype=np.int64)] * cfg.partition.num_clients
+        rows_by_client[cid] = np.arange(len(data.train))
+    else:
+        data = load_task_data(cfg.data)
+        rows_by_client = partition_indices(data.train, cfg.partition, cfg.seed)
+    task = task_for(cfg, method, data)
+    model, tokenizer = task.build_model(method, cfg, data)
+    method.prepare(model)
+    model.to(resolve_device(cfg.device))  # a site's own GPU, if it has one (`device = "auto"`)
+    clients = [Client(i, rows) for i, rows in enumerate(rows_by_client)]
+    attack = Attack.from_config(cfg.attack, len(clients), len(label_names), cfg.seed)
+    faults = Faults(cfg.faults, len(clients), len(label_names), cfg.seed)
+    return Job(model, method, FedAvg(FedAvgOptions()), clients, task.encode(data.train, tokenizer, cfg),
+               cfg.train, cfg.federation.rounds, cfg.federation.fraction_fit, cfg.seed,
+               lambda _m: {}, lambda _r, _s: None, attack=attack, faults=faults)
+
+
+def site_data(cfg: DataConfig, label_names: list[str]) -> TaskData:
+    """A site's own file, every row for training, its labels numbered as the federation's are."""
+
+    table = load_table(cfg)
+    if table.targets is None:  # class labels: the site's names must be the federation's
+        unknown = sorted(set(table.label_names) - set(label_names))
+        if unknown:
+            raise UserError(f"{cfg.dataset}: labels {unknown} are not among the federation's {label_names}")
+        labels = np.array([label_names.index(table.label_names[i]) for i in table.labels], dtype=np.int64)
+        table = Table(table.texts, labels, label_names, None)
+    train = to_dataset(table, np.arange(len(table.texts)))
+    return TaskData(cfg.dataset, train, train, None, label_names)
+
+
+def node_job(config: dict[str, Any], context: Context) -> tuple[Job, int]:
+    cid = node_client_id(context)
+    data_path = str(context.node_config.get(NODE_DATA_PATH, ""))
+    text, labels = str(config["experiment"]), str(config["label-names"])
+    return client_job(text, labels, data_path, cid if data_path else -1), cid
+
+
+def train(msg: Message, context: Context) -> Message:
+    """One client's round on a SuperNode (fedcustom.apps.clientapp's train handler)."""
+    secure = is_secure_fit(msg)
+    config = read_secure_config(msg) if secure else dict(msg.content["config"])
+    job, cid = node_job(config, context)
+    server_round = int(config.pop("server-round"))
+    for key in ("experiment", "label-names", "client-id"):
+        config.pop(key, None)
+    if secure:
+        state = read_secure_state(msg, job.method.get_state(job.model))
+    else:
+        state = dict(msg.content["arrays"].to_torch_state_dict())
+    update, local = client_update(job, cid, state, server_round, config)
+    metrics = {"num-examples": len(job.clients[cid].rows), "loss": local.loss, "steps": local.steps,
+               "examples": local.examples, "seconds": local.seconds, "forward-passes": local.forward_passes,
+               "backward-passes": local.backward_passes}
+    if secure:  # the SecAgg+ mod masks the delta before it leaves
+        delta = {k: update[k] - state[k] for k in state}
+        return secure_fit_reply(msg, delta, len(job.clients[cid].rows), metrics)
+    content = RecordDict({"arrays": ArrayRecord(update), "metrics": MetricRecord(metrics)})
+    return Message(content, reply_to=msg)

@@ -1,0 +1,206 @@
+"""Flower's deployment engine: the same methods, strategies and round loop, with every client a
+SuperNode that holds its own data.
+
+The ServerApp (apps/serverapp.py) runs the whole experiment (data for evaluation, checkpoints,
+records, the strategy) in the ServerApp process on the SuperLink's host; its federated mode uses
+`FlowerEngine`, which reaches a round's clients through Flower's Grid. The ClientApp
+(apps/clientapp.py; its training in client.py) runs on each SuperNode and does the same
+`client_update` as an in-process client, so both engines give the same numbers.
+
+Payloads travel as Flower ArrayRecords (the method's tensors, no pickle); the bytes recorded are
+the same safetensors sizes as in simulation (with secure aggregation: the serialized size of each
+client's replies). A client that does not answer within `flower.round_timeout` (a killed
+SuperNode) is recorded as missing and the round goes on without it, unless fewer than
+`federation.min_clients` updates arrived.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from contextvars import ContextVar
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from flwr.app import ArrayRecord, ConfigRecord, Context, Message, RecordDict
+from flwr.common.constant import ErrorCode
+from flwr.serverapp import Grid
+
+from fedcustom.core.config import ExperimentConfig, dumps
+from fedcustom.core.errors import UserError
+from fedcustom.core.io import new_run_dir
+from fedcustom.core.payload import deserialize, serialize
+from fedcustom.core.registry import ENGINES
+from fedcustom.core.types import State
+from fedcustom.engines.base import Engine
+from fedcustom.engines.flower.client import config_from_text
+from fedcustom.engines.flower.deploy import CLIENT_APP, SERVER_APP, load_app, run_local
+from fedcustom.engines.flower.secagg import AuditedGrid, secure_round
+from fedcustom.federation.rounds import SECURE_SUM, ClientOutcome, Job, run_rounds
+from fedcustom.methods.training import LocalResult
+
+# Reply errors that mean "no answer from this node", as opposed to the client failing.
+UNREACHABLE = {ErrorCode.NODE_UNAVAILABLE, ErrorCode.MESSAGE_UNAVAILABLE, ErrorCode.REPLY_MESSAGE_UNAVAILABLE}
+
+
+# --- server side --------------------------------------------------------------------------------
+
+@dataclass
+class Deployment:
+    """What the ServerApp hands the engine: Flower's grid and the config text clients rebuild from."""
+
+    grid: Grid
+    context: Context
+    config_text: str
+    label_names: list[str]
+
+
+CURRENT: ContextVar[Deployment | None] = ContextVar("fedcustom_flower_deployment", default=None)
+
+
+@ENGINES.register("flower")
+class FlowerEngine(Engine):
+    # Tensors travel: weights, and the black-box search's candidate indices and scores. SuperNodes
+    # rebuild their model for every message, so distillation (clients keep their own model between
+    # rounds) is in-process only for now.
+    exchanges = frozenset({"weights", "scores"})
+
+    @classmethod
+    def launch(cls, cfg: ExperimentConfig, resume_dir: Path | None = None) -> Path | None:
+        """From `fedcustom run`: a whole federation on this machine (see deploy.run_local)."""
+        if CURRENT.get() is not None:
+            return None  # already inside the ServerApp
+        return run_local(cfg, resume_dir)
+
+    def __init__(self) -> None:
+        deployment = CURRENT.get()
+        if deployment is None:
+            raise UserError("engine 'flower' runs inside a Flower ServerApp: start it with "
+                            "`fedcustom run` (a local deployment) or `fedcustom flower submit`")
+        self.deployment = deployment
+        self.cfg = config_from_text(deployment.config_text)
+        self.grid = AuditedGrid(deployment.grid, self.cfg.flower.audit_dir)
+        self.nodes: dict[int, int] = {}  # client id -> Flower node id
+
+    def message(self, node: int, kind: str, config: dict[str, Any], arrays: State | None = None) -> Message:
+        content = RecordDict({"config": ConfigRecord({
+            "experiment": self.deployment.config_text,
+            "label-names": json.dumps(self.deployment.label_names), **config})})
+        if arrays is not None:
+            content["arrays"] = ArrayRecord(arrays)
+        return Message(content, dst_node_id=node, message_type=kind)
+
+    def discover(self, num_clients: int, wait: float) -> None:
+        """Map client ids to SuperNodes: ask every node not yet known which client it is."""
+        grid, deadline = self.grid, time.monotonic() + wait
+        while True:
+            unknown = [n for n in grid.get_node_ids() if n not in self.nodes.values()]
+            if unknown:
+                for reply in grid.send_and_receive([self.message(n, "query", {}) for n in unknown],
+                                                   timeout=min(60.0, self.cfg.flower.round_timeout)):
+                    if reply.has_error():
+                        continue
+                    cid = int(reply.content["metrics"]["client-id"])
+                    if not 0 <= cid < num_clients:
+                        raise UserError(f"a SuperNode says it is client {cid}; this federation has "
+                                        f"clients 0..{num_clients - 1} (partition.num_clients)")
+                    if cid in self.nodes and self.nodes[cid] != reply.metadata.src_node_id:
+                        raise UserError(f"two SuperNodes say they are client {cid}: give each its own "
+                                        f"--client-id")
+                    self.nodes[cid] = reply.metadata.src_node_id
+            if len(self.nodes) == num_clients or time.monotonic() >= deadline:
+                return
+            time.sleep(0.5)
+
+    def run(self, job: Job) -> State:
+        self.discover(len(job.clients), self.cfg.flower.connect_timeout)
+        print(f"flower: {len(self.nodes)} of {len(job.clients)} clients connected", flush=True)
+
+        def train_clients(server_round: int, down: bytes, cids: list[int],
+                          client_config: dict[str, Any]) -> dict[int, ClientOutcome]:
+            if len(self.nodes) < len(job.clients):
+                self.discover(len(job.clients), 0)  # a restarted SuperNode comes back here
+            state = deserialize(down)
+            if self.cfg.flower.secure_aggregation:
+                return self.secure_round(job, server_round, state, cids, client_config)
+            outcomes = {cid: ClientOutcome(missing=True) for cid in cids}
+            sent = {cid: self.message(self.nodes[cid], "train",
+                                      {"server-round": server_round, "client-id": cid, **client_config},
+                                      state)
+                    for cid in cids if cid in self.nodes}
+            replies = self.grid.send_and_receive(list(sent.values()), timeout=self.cfg.flower.round_timeout)
+            # Replies name the message they answer (an error made by the SuperLink for a dead node
+            # comes from the SuperLink, not from the node); sending gave each message its id.
+            by_message = {msg.metadata.message_id: cid for cid, msg in sent.items()}
+            for reply in replies:
+                cid = by_message[reply.metadata.reply_to_message_id]
+                if reply.has_error():
+                    if reply.error.code not in UNREACHABLE:
+                        outcomes[cid] = ClientOutcome(error=reply.error.reason)
+                    continue
+                metrics = reply.content["metrics"]
+                update = dict(reply.content["arrays"].to_torch_state_dict())
+                outcomes[cid] = ClientOutcome(serialize(update), local_result(metrics),
+                                              int(metrics["num-examples"]))
+            return outcomes
+
+        return run_rounds(job, train_clients)
+
+    def secure_round(self, job: Job, server_round: int, state: State, cids: list[int],
+                     client_config: dict[str, Any]) -> dict[int, ClientOutcome]:
+        """SecAgg+: per client only metrics; the update is the mean of all (see secagg.py)."""
+        config = {"experiment": self.deployment.config_text,
+                  "label-names": json.dumps(self.deployment.label_names),
+                  "server-round": server_round, **client_config}
+        max_weight = max(len(c.rows) for c in job.clients)  # the largest client's share: full precision
+        self.grid.sent.clear()
+        flower = self.cfg.flower
+        mean_delta, fitres = secure_round(self.grid, self.deployment.context, self.nodes, cids, state, config,
+                                          max_weight, flower.secagg_clip, flower.round_timeout)
+        outcomes = {cid: ClientOutcome(missing=True) for cid in cids}
+        for cid, res in fitres.items():
+            outcomes[cid] = ClientOutcome(None, local_result(res.metrics), res.num_examples,
+                                          sent=self.grid.sent.get(self.nodes[cid], 0))
+        if mean_delta is not None:
+            mean = {k: state[k] + mean_delta[k] for k in state}
+            examples = sum(r.num_examples for r in fitres.values())
+            outcomes[SECURE_SUM] = ClientOutcome(serialize(mean), None, examples, summed=sorted(fitres))
+        return outcomes
+
+
+def local_result(metrics: Any) -> LocalResult:
+    return LocalResult(float(metrics["loss"]), int(metrics["steps"]), int(metrics["examples"]),
+                       float(metrics["seconds"]), int(metrics["forward-passes"]),
+                       int(metrics["backward-passes"]))
+
+
+# Flower's simulation engine passes the ServerApp no run config: its launcher leaves it here.
+SIMULATION_RUN: dict[str, Any] = {}
+
+
+@ENGINES.register("flower-simulation")
+class FlowerSimulationEngine(FlowerEngine):
+    """Flower's simulation engine (Ray): the same ServerApp and ClientApp as a deployment, each
+    client a virtual SuperNode served by Ray actors on this machine (one CPU each). For
+    comparisons with Flower's own runtime; the in-process engine is the fast one."""
+
+    @classmethod
+    def launch(cls, cfg: ExperimentConfig, resume_dir: Path | None = None) -> Path | None:
+        if CURRENT.get() is not None:
+            return None
+        from flwr.simulation import run_simulation  # Ray: imported only where it runs
+
+        run_dir = resume_dir or new_run_dir(cfg.output_dir, cfg.name)
+        SIMULATION_RUN.update({"experiment": dumps(cfg), "run-dir": str(run_dir),
+                               "resume": resume_dir is not None})
+        try:
+            run_simulation(load_app(SERVER_APP), load_app(CLIENT_APP),
+                           num_supernodes=cfg.partition.num_clients,
+                           backend_config={"client_resources": {"num_cpus": 1, "num_gpus": 0.0},
+                                           "init_args": {"num_cpus": 1}})
+        finally:
+            SIMULATION_RUN.clear()
+        if not (run_dir / "summary.txt").is_file():
+            raise UserError(f"the Flower simulation did not finish; what was done is in {run_dir}")
+        return run_dir

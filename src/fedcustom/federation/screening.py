@@ -1,0 +1,75 @@
+"""Checks on every client update before the strategy sees it.
+
+One bad update must not end a run or poison the global state: a client may crash half-way, a
+state may diverge to NaN, a malicious client may send something huge. So each update is checked
+on its own (same keys, shapes and dtypes as the global state, all values finite) and then against
+the round (its distance from the global state is not far outside the other clients'). A rejected
+update is dropped with a reason; the round goes on with the rest.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from typing import Any
+
+import torch
+
+from fedcustom.core.types import State
+
+Update = tuple[int, State, int]  # (client id, client state, number of training examples)
+MIN_UPDATES_FOR_NORM_CHECK = 3  # the median of two is their mean: no outlier can stand out of it
+
+
+def structural_problem(global_state: State, update: State) -> str | None:
+    """Why `update` cannot be aggregated with `global_state`, or None if it can."""
+    if update.keys() != global_state.keys():
+        missing = sorted(global_state.keys() - update.keys())
+        extra = sorted(update.keys() - global_state.keys())
+        return f"keys differ from the global state: missing {missing}, unexpected {extra}"
+    for key, expected in global_state.items():
+        got = update[key]
+        if got.shape != expected.shape:
+            return f"{key} has shape {tuple(got.shape)}, expected {tuple(expected.shape)}"
+        if got.dtype != expected.dtype:
+            return f"{key} has dtype {got.dtype}, expected {expected.dtype}"
+        if got.is_floating_point() and not bool(torch.isfinite(got).all()):
+            return f"{key} has non-finite values"
+    return None
+
+
+def delta_norm(global_state: State, update: State) -> float:
+    """||update - global|| over all tensors together, in float64."""
+    total = sum(float(((update[k].double() - g.double()) ** 2).sum()) for k, g in global_state.items())
+    return math.sqrt(total)
+
+
+def screen_updates(
+    global_state: State, updates: list[Update], max_norm_factor: float
+) -> tuple[list[tuple[State, int]], list[dict[str, Any]]]:
+    """Split a round's updates into (accepted (state, examples) pairs, rejected {client, reason}).
+
+    The norm check runs when max_norm_factor > 0 and at least three updates passed the structural
+    checks: an update farther than max_norm_factor x the median distance is rejected. A median of
+    zero (most clients sent the global state back unchanged) gives no scale, so nothing is cut.
+    """
+    rejected: list[dict[str, Any]] = []
+    valid: list[Update] = []
+    for cid, state, examples in updates:
+        problem = structural_problem(global_state, state)
+        if problem is None:
+            valid.append((cid, state, examples))
+        else:
+            rejected.append({"client": cid, "reason": problem})
+    if max_norm_factor > 0 and len(valid) >= MIN_UPDATES_FOR_NORM_CHECK:
+        norms = [delta_norm(global_state, state) for _, state, _ in valid]
+        median = statistics.median(norms)
+        limit = max_norm_factor * median
+        if limit > 0:
+            for (cid, _, _), norm in zip(valid, norms, strict=True):
+                if norm > limit:
+                    reason = f"delta norm {norm:.4g} > {max_norm_factor:g} x the round's median {median:.4g}"
+                    rejected.append({"client": cid, "reason": reason})
+            valid = [u for u, norm in zip(valid, norms, strict=True) if norm <= limit]
+    rejected.sort(key=lambda r: r["client"])
+    return [(state, examples) for _, state, examples in valid], rejected

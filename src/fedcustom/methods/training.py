@@ -1,0 +1,115 @@
+"""THE local training loop. Federated clients and the centralized baseline both run it."""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+from typing import Protocol
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from fedcustom.core.config import TrainConfig
+from fedcustom.core.device import autocast, model_device
+from fedcustom.data.batching import Batch, Encoded, train_batches
+
+
+@dataclass(frozen=True)
+class LocalResult:
+    loss: float  # mean training loss over the local steps
+    steps: int
+    examples: int  # examples seen, epochs included
+    seconds: float
+    # Model passes over single examples: the compute of the local work, comparable across methods.
+    # Forward-only (black-box) methods count examples x prompts scored; the shared loop counts one
+    # forward and one backward per example seen. 0 where a method does not count.
+    forward_passes: int = 0
+    backward_passes: int = 0
+
+
+class Trainable(Protocol):
+    """What the loop needs of a method: its trainable tensors and its loss (Method has both)."""
+
+    def trainable(self, model: nn.Module) -> dict[str, nn.Parameter]: ...
+
+    def loss(self, model: nn.Module, batch: Batch) -> torch.Tensor: ...
+
+
+def lr_scale(cfg: TrainConfig, server_round: int, rounds: int) -> float:
+    """Learning-rate multiplier for round `server_round` of `rounds` (1-based). Centralized runs
+    have one round per epoch, so both modes follow the same schedule over the same epochs."""
+    if cfg.lr_schedule == "cosine":
+        return 0.5 * (1 + math.cos(math.pi * (server_round - 1) / rounds))
+    return 1.0
+
+
+def make_optimizer(model: nn.Module, method: Trainable, cfg: TrainConfig,
+                   scale: float = 1.0) -> torch.optim.Optimizer:
+    """AdamW over the method's tensors; the task head may get its own learning rate."""
+    head = getattr(model, "head", None)
+    head_ids = {id(p) for p in head.parameters()} if head is not None else set()
+    params = list(method.trainable(model).values())
+    groups = [
+        {"params": [p for p in params if id(p) not in head_ids], "lr": scale * cfg.lr},
+        {"params": [p for p in params if id(p) in head_ids], "lr": scale * (cfg.head_lr or cfg.lr)},
+    ]
+    return torch.optim.AdamW([g for g in groups if g["params"]], weight_decay=cfg.weight_decay)
+
+
+def train_local(
+    model: nn.Module,
+    method: Trainable,
+    data: Encoded,
+    rows: np.ndarray,
+    cfg: TrainConfig,
+    seed: int,
+    progress: str | None = None,
+    prox_mu: float = 0.0,
+    lr_scale: float = 1.0,
+) -> LocalResult:
+    """Train the method's tensors of `model` in place on `rows` of `data` for cfg.local_epochs.
+
+    A fresh optimizer per call: clients are stateless between rounds. `seed` fixes the batch
+    order and dropout, so the same (config, seed, round, client) gives the same update.
+    Keyword arguments after `progress` come from the engine each round: `lr_scale` multiplies the
+    learning rates (the round's schedule), and `prox_mu` > 0 (FedProx's client_config) adds
+    (mu/2)*||w - w_start||^2, w_start being the state on entry.
+    The reported loss is the method's loss alone, comparable across strategies. Batches go to
+    the model's device; cfg.precision 'bf16' runs the forward pass under bfloat16 autocast.
+    """
+    start = time.perf_counter()
+    rng = np.random.default_rng(seed)
+    torch.manual_seed(seed)
+    optimizer = make_optimizer(model, method, cfg, lr_scale)
+    params = [p for g in optimizer.param_groups for p in g["params"]]
+    start_state = [p.detach().clone() for p in params] if prox_mu > 0 else []
+    steps_per_epoch = -(-len(rows) // cfg.batch_size)
+    bar = tqdm(total=steps_per_epoch * cfg.local_epochs, desc=progress, leave=False,
+               disable=progress is None, unit="step")
+    model.train()
+    device = model_device(model)
+    total, steps, examples = 0.0, 0, 0
+    for _ in range(cfg.local_epochs):
+        for batch in train_batches(data, rows, cfg.batch_size, rng):
+            batch = batch.to(device)
+            with autocast(device, cfg.precision):
+                loss = method.loss(model, batch)
+            objective = loss
+            if start_state:
+                drift = sum(((p - p0) ** 2).sum() for p, p0 in zip(params, start_state, strict=True))
+                objective = loss + prox_mu / 2 * drift
+            optimizer.zero_grad(set_to_none=True)
+            objective.backward()
+            if cfg.max_grad_norm > 0:
+                torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
+            optimizer.step()
+            total += loss.item()
+            steps += 1
+            examples += len(batch)
+            bar.update()
+    bar.close()
+    return LocalResult(total / max(steps, 1), steps, examples, time.perf_counter() - start,
+                       forward_passes=examples, backward_passes=examples)

@@ -1,0 +1,1 @@
+"""Backbones by name, task models (classifier, language model) and their metrics."""

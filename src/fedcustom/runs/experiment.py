@@ -1,0 +1,142 @@
+"""One experiment end to end: data -> partition -> model -> method -> engine, for each mode.
+
+`federated` runs the configured strategy over the partitioned clients. `centralized` is the
+baseline: the same method, loop and engine with ONE client holding all training data, for the
+same rounds x local epochs (its single update is taken as is, so it is plain training).
+
+Every round is checkpointed in the run folder; `resume_experiment` continues a killed run there
+(finished modes are kept, a half-finished one goes on after its last checkpoint) and gives the
+same numbers and final state as a run that was never interrupted.
+"""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from fedcustom.core.config import ExperimentConfig, dumps, load_config
+from fedcustom.core.device import autocast, check_precision, resolve_device
+from fedcustom.core.errors import UserError
+from fedcustom.core.io import atomic_write, new_run_dir
+from fedcustom.core.registry import ENGINES, METHODS, STRATEGIES
+from fedcustom.core.types import State
+from fedcustom.data import load_task_data, partition_indices, partition_table
+from fedcustom.federation.attacks import Attack
+from fedcustom.federation.faults import Faults
+from fedcustom.federation.rounds import Client, Job
+from fedcustom.runs.results import RunWriter
+from fedcustom.runs.summary import headline_metric, side_by_side
+from fedcustom.strategies.fedavg import FedAvg, FedAvgOptions
+from fedcustom.tasks import task_for
+
+RecordHook = Callable[[str, dict[str, Any]], None]  # (mode, record), once the record is saved
+
+
+@dataclass
+class ModeResult:
+    mode: str
+    path: Path
+    records: list[dict[str, Any]]
+
+
+def run_experiment(cfg: ExperimentConfig, log: Any = print, on_record: RecordHook | None = None,
+                   into: Path | None = None) -> dict[str, ModeResult]:
+    """Run every mode of `cfg` in a new run folder: OUTPUT_DIR/NAME-TIME, or exactly `into`."""
+    return execute(cfg, None, log, on_record, into)
+
+
+def resume_experiment(run_dir: str | Path, log: Any = print,
+                      on_record: RecordHook | None = None) -> dict[str, ModeResult]:
+    """Finish the run in `run_dir` with the config saved there."""
+    run_dir = Path(run_dir)
+    if not (run_dir / "config.toml").is_file():
+        raise UserError(f"--resume {run_dir}: not a fedcustom run folder (expected {run_dir}/config.toml)")
+    return execute(load_config(run_dir / "config.toml"), run_dir, log, on_record)
+
+
+def execute(cfg: ExperimentConfig, resume_dir: Path | None, log: Any,
+            on_record: RecordHook | None, into: Path | None = None) -> dict[str, ModeResult]:
+    torch.set_num_threads(cfg.threads or os.cpu_count() or 1)
+    device = resolve_device(cfg.device)  # a missing GPU fails here, before anything loads
+    check_precision(device, cfg.train.precision)
+    data = load_task_data(cfg.data)
+    parts = partition_indices(data.train, cfg.partition, cfg.seed)  # fails early on a bad split
+    method = METHODS.get(cfg.method.name)(cfg.method.options)
+    task = task_for(cfg, method, data)
+    model, tokenizer = task.build_model(method, cfg, data)
+    # Inputs are all checked (config, data, partition, model): only now is anything written.
+    if into is not None:
+        into.mkdir(parents=True, exist_ok=True)
+    run_dir = resume_dir or into or new_run_dir(cfg.output_dir, cfg.name)
+    if resume_dir is None:
+        atomic_write(run_dir / "config.toml", dumps(cfg))
+    table = partition_table(data.train, parts, data.label_names)
+    atomic_write(run_dir / "partition.txt", table + "\n")
+    log(f"run folder: {run_dir}\n{data.name}: {len(data.train)} train / {len(data.test)} test "
+        f"examples, labels {data.label_names}\n{table}")
+
+    method.prepare(model)
+    model.to(device)  # once; batches follow it, states come back to the CPU (see core/device.py)
+    initial = method.get_state(model)  # every mode starts from this initialization
+    n_params = sum(v.numel() for v in initial.values())
+    log(f"method {method.name}: {n_params:,} trainable parameters")
+
+    train = task.encode(data.train, tokenizer, cfg)
+    held_out = {"test": task.encode(data.test, tokenizer, cfg)}
+    if data.validation is not None:
+        held_out["val"] = task.encode(data.validation, tokenizer, cfg)
+
+    def evaluate(m: torch.nn.Module) -> dict[str, Any]:
+        out = {}
+        for split, enc in held_out.items():
+            with autocast(device, cfg.train.precision):
+                metrics = method.evaluate(m, enc, cfg.train.eval_batch_size)
+            out.update({f"{split}_{k}": v for k, v in metrics.items()})
+        return out
+
+    def run_mode(mode: str) -> ModeResult:
+        # The centralized baseline holds all training data in one place: it never federates, so it
+        # runs in process whatever engine the federated mode uses.
+        engine = ENGINES.get(cfg.engine if mode == "federated" else "simulation")()
+        if mode == "federated":
+            clients = [Client(i, rows) for i, rows in enumerate(parts)]
+            strategy = STRATEGIES.get(cfg.strategy.name)(cfg.strategy.options)
+            fraction = cfg.federation.fraction_fit
+            attack = Attack.from_config(cfg.attack, len(clients), len(data.label_names), cfg.seed)
+            faults = Faults(cfg.faults, len(clients), len(data.label_names), cfg.seed)
+        else:
+            clients = [Client(0, np.arange(len(train)))]
+            strategy, fraction, attack = FedAvg(FedAvgOptions()), 1.0, Attack.none()
+            faults = Faults.none()
+        writer = RunWriter(run_dir / mode)
+        start, state = 0, initial
+        ckpt = writer.load_checkpoint()
+        if ckpt is not None:
+            start, state = ckpt.round, ckpt.state
+            strategy.load_state_dict(ckpt.strategy_state)
+            log(f"{mode}: resuming after round {start} of {cfg.federation.rounds}")
+
+        def on_round(record: dict[str, Any], new_state: State) -> None:
+            writer.add_round(record, new_state, strategy.state_dict())
+            if on_record is not None:
+                on_record(mode, record)
+
+        job = Job(model, method, strategy, clients, train, cfg.train, cfg.federation.rounds,
+                  fraction, cfg.seed, evaluate, on_round, label=mode, start_round=start,
+                  initial_state=state, max_norm_factor=cfg.federation.max_norm_factor, attack=attack,
+                  faults=faults, min_clients=cfg.federation.min_clients if mode == "federated" else 0)
+        final = engine.run(job)
+        writer.save_final(method, model, final)
+        return ModeResult(mode, writer.path, writer.records)
+
+    results = {mode: run_mode(mode) for mode in cfg.modes}
+    summary = side_by_side({m: r.records for m, r in results.items()}, headline_metric(data.kind))
+    atomic_write(run_dir / "summary.txt", summary + "\n")
+    log(f"\n{summary}\n\nresults: {run_dir}")
+    return results

@@ -1,0 +1,117 @@
+"""Run folders: resolved config, per-round records (JSON lines + CSV), checkpoints, final state
+and adapter.
+
+Everything is written atomically (temp file, then rename), so a crash never leaves a
+half-written file behind: a record is either in rounds.jsonl whole or not at all. After every
+round a mode's folder gets checkpoint.safetensors: the global state, the strategy's own state,
+the records so far and the round number, all in one file, so a killed run resumes from the last
+completed round (`fedcustom run --resume RUN_DIR`).
+"""
+
+from __future__ import annotations
+
+import csv
+import io
+import json
+import os
+import shutil
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import safe_open
+from safetensors.torch import save
+
+from fedcustom.core.errors import UserError
+from fedcustom.core.io import atomic_write
+from fedcustom.core.types import State
+from fedcustom.methods.base import Method
+
+CHECKPOINT = "checkpoint.safetensors"
+CHECKPOINT_FORMAT = "fedcustom-checkpoint-1"
+
+
+def records_csv(records: list[dict[str, Any]]) -> str:
+    columns: list[str] = []
+    for record in records:
+        columns += [k for k in record if k not in columns]
+    out = io.StringIO()
+    writer = csv.DictWriter(out, fieldnames=columns)
+    writer.writeheader()
+    writer.writerows(records)
+    return out.getvalue()
+
+
+@dataclass
+class Checkpoint:
+    round: int  # the last completed round (0: only the initial evaluation)
+    state: State  # the global state after that round
+    strategy_state: dict[str, torch.Tensor]
+    records: list[dict[str, Any]]
+
+
+def save_checkpoint(path: Path, ckpt: Checkpoint) -> None:
+    tensors = {**{f"global/{k}": v for k, v in ckpt.state.items()},
+               **{f"strategy/{k}": v for k, v in ckpt.strategy_state.items()}}
+    metadata = {"format": CHECKPOINT_FORMAT, "round": str(ckpt.round), "records": json.dumps(ckpt.records)}
+    atomic_write(path, save({k: v.detach().contiguous() for k, v in tensors.items()}, metadata=metadata))
+
+
+def load_checkpoint(path: Path) -> Checkpoint | None:
+    if not path.is_file():
+        return None
+    with safe_open(str(path), framework="pt") as f:
+        meta = f.metadata() or {}
+        if meta.get("format") != CHECKPOINT_FORMAT:
+            raise UserError(f"{path} is not a fedcustom checkpoint")
+        tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 - safe_open is no dict
+
+    def part(prefix: str) -> dict[str, torch.Tensor]:
+        return {k.removeprefix(prefix): v for k, v in tensors.items() if k.startswith(prefix)}
+
+    return Checkpoint(int(meta["round"]), part("global/"), part("strategy/"), json.loads(meta["records"]))
+
+
+class RunWriter:
+    """Writes one mode's results (federated or centralized) into its folder."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        path.mkdir(parents=True, exist_ok=True)
+        self.records: list[dict[str, Any]] = []
+
+    def load_checkpoint(self) -> Checkpoint | None:
+        """The mode's last checkpoint, with its records taken as this writer's (None: start afresh)."""
+        ckpt = load_checkpoint(self.path / CHECKPOINT)
+        if ckpt is not None:
+            self.records = list(ckpt.records)
+            self.write_records()  # rounds.jsonl may be a round behind the checkpoint
+        return ckpt
+
+    def add_round(self, record: dict[str, Any], state: State,
+                  strategy_state: dict[str, torch.Tensor]) -> None:
+        """Checkpoint first, then the readable records: a kill in between loses no round."""
+        self.records.append(record)
+        ckpt = Checkpoint(record["round"], state, strategy_state, self.records)
+        save_checkpoint(self.path / CHECKPOINT, ckpt)
+        self.write_records()
+
+    def write_records(self) -> None:
+        jsonl = "".join(json.dumps(r) + "\n" for r in self.records)
+        atomic_write(self.path / "rounds.jsonl", jsonl)
+        atomic_write(self.path / "rounds.csv", records_csv(self.records))
+
+    def save_final(self, method: Method, model: Any, state: State) -> None:
+        """The raw exchanged state (resumable) and the PEFT-format adapter (portable)."""
+        atomic_write(self.path / "state.safetensors", save({k: v.contiguous() for k, v in state.items()}))
+        tmp = self.path / ".adapter.tmp"
+        shutil.rmtree(tmp, ignore_errors=True)
+        method.set_state(model, state)
+        method.save_adapter(model, tmp)
+        shutil.rmtree(self.path / "adapter", ignore_errors=True)
+        os.replace(tmp, self.path / "adapter")
+
+
+def read_records(path: str | Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in (Path(path) / "rounds.jsonl").read_text().splitlines()]
