@@ -98,6 +98,24 @@ def tiny_llama_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def wordpiece_llama_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A tiny randomly initialized Llama-style causal LM (2 layers, hidden 32) with MiniLM's
+    WordPiece tokenizer ([SEP] ends a generation): for black-box scoring and RAG answers."""
+    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
+
+    path = tmp_path_factory.mktemp("tiny-llama-wordpiece")
+    tokenizer = AutoTokenizer.from_pretrained(resolve("minilm")[0])
+    torch.manual_seed(0)
+    config = LlamaConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2,
+                         num_attention_heads=2, num_key_value_heads=2, intermediate_size=64,
+                         max_position_embeddings=1024, pad_token_id=tokenizer.pad_token_id,
+                         eos_token_id=tokenizer.sep_token_id, bos_token_id=tokenizer.cls_token_id)
+    LlamaForCausalLM(config).save_pretrained(path)
+    tokenizer.save_pretrained(path)
+    return path
+
+
+@pytest.fixture(scope="session")
 def pairs_jsonl(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """60 prompt/response pairs (the response repeats the prompt's last words), in 3 groups."""
     import json

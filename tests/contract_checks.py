@@ -1,5 +1,5 @@
-"""Checks the contract suites for encoders (test_contract.py) and causal LMs (test_contract_lm.py)
-share."""
+"""Checks that the gradient contract suites for encoders (test_method_contract_encoder.py) and
+causal LMs (test_method_contract_lm.py) share."""
 
 from __future__ import annotations
 

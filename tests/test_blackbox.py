@@ -9,36 +9,21 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers import updates
 from safetensors.torch import load_file
 
 from fedcustom.core.config import ConfigError, ExperimentConfig, ModelConfig, TrainConfig, build
 from fedcustom.core.errors import UserError
 from fedcustom.core.registry import METHODS
+from fedcustom.core.types import FitContext
 from fedcustom.data.batching import encode, take
 from fedcustom.methods.blackbox import VerbalizerLM, hidden_states
 from fedcustom.methods.prompt_search import initial_candidates
-from fedcustom.models.backbones import resolve
 from fedcustom.runs.experiment import run_experiment
 from fedcustom.strategies.search import ScoreSearch, ScoreSearchOptions, mutate, propose
 
 TEXTS = ["a warm and funny film", "dull", "the plot was tedious and the acting flat", "superb"] * 4
 LABELS = [1, 0, 0, 1] * 4
-
-
-@pytest.fixture(scope="session")
-def tiny_llama_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A randomly initialized 2-layer Llama (hidden 32) with the packaged MiniLM tokenizer."""
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
-
-    path = tmp_path_factory.mktemp("tiny-llama")
-    tokenizer = AutoTokenizer.from_pretrained(resolve("minilm")[0])
-    torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2,
-                         num_attention_heads=2, num_key_value_heads=2, intermediate_size=64,
-                         max_position_embeddings=128, pad_token_id=tokenizer.pad_token_id)
-    LlamaForCausalLM(config).save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return path
 
 
 def method_and_model(model_dir: Path, name: str, **options: object):
@@ -63,9 +48,9 @@ def test_score_aggregation_on_hand_computed_numbers() -> None:
     state = search_state([[0, 0, 0], [1, 0, 0], [0, 1, 0]], [3, 2, 2])
     strategy = ScoreSearch(ScoreSearchOptions(candidates=4, keep=2))
     other_set = {**scored(state, [1.0, 1.0, 1.0]), "candidates": torch.tensor([[2, 1, 1]] * 3)}
-    out = strategy.aggregate(state, [(scored(state, [0.5, 0.75, 0.25]), 1),
+    out = strategy.aggregate(state, updates([(scored(state, [0.5, 0.75, 0.25]), 1),
                                      (scored(state, [1.0, 0.25, 0.5]), 3),
-                                     (other_set, 100)])  # scored another set: left out
+                                     (other_set, 100)]))  # scored another set: left out
     # weights 1/4 and 3/4: [0.875, 0.375, 0.4375] -> best candidate 0, then candidate 2
     assert out["best"].tolist() == [0, 0, 0]
     assert out["candidates"][:2].tolist() == [[0, 0, 0], [0, 1, 0]]
@@ -78,9 +63,9 @@ def test_score_aggregation_on_hand_computed_numbers() -> None:
 def test_ties_keep_the_earlier_candidate_and_no_usable_result_keeps_the_state() -> None:
     state = search_state([[0, 0], [1, 0]], [2, 2])
     strategy = ScoreSearch(ScoreSearchOptions(candidates=2, keep=1))
-    assert strategy.aggregate(state, [(scored(state, [0.5, 0.5]), 2)])["best"].tolist() == [0, 0]
+    assert strategy.aggregate(state, updates([(scored(state, [0.5, 0.5]), 2)]))["best"].tolist() == [0, 0]
     foreign = {**scored(state, [0.0, 1.0]), "candidates": torch.tensor([[1, 1], [0, 1]])}
-    kept = strategy.aggregate(state, [(foreign, 5)])
+    kept = strategy.aggregate(state, updates([(foreign, 5)]))
     assert all(torch.equal(kept[k], state[k]) for k in state)
     assert strategy.round_record() == {"search_mismatched": 1}
 
@@ -104,17 +89,17 @@ def test_initial_candidates_are_templates_and_single_word_changes() -> None:
 
 # --- the client: a verbalizer over a frozen causal LM -------------------------------------------
 
-def test_label_scores_are_the_lms_next_token_logits(tiny_llama_dir: Path) -> None:
+def test_label_scores_are_the_lms_next_token_logits(wordpiece_llama_dir: Path) -> None:
     """The wrapper's score equals the full LM's logit of the label word after template + text."""
     from transformers import AutoModelForCausalLM
 
-    _, model, tokenizer = method_and_model(tiny_llama_dir, "prompt-search")
+    _, model, tokenizer = method_and_model(wordpiece_llama_dir, "prompt-search")
     model.choice = [1, 2, 3]
     data = encode(["a warm film", "dull"], [1, 0], tokenizer, 16)
     batch = take(data, np.arange(2))
     with torch.inference_mode():
         ours = model(batch.input_ids, batch.attention_mask)
-        lm = AutoModelForCausalLM.from_pretrained(tiny_llama_dir)
+        lm = AutoModelForCausalLM.from_pretrained(wordpiece_llama_dir)
         before, after = model.templates[1]
         words = [model.word_ids[0][2], model.word_ids[1][3]]
         for i, text in enumerate(["a warm film", "dull"]):
@@ -127,13 +112,13 @@ def test_label_scores_are_the_lms_next_token_logits(tiny_llama_dir: Path) -> Non
     ("prompt-search", {"score_examples": 8}),
     ("bbpt", {"score_examples": 8, "intrinsic_dim": 8, "popsize": 3, "generations": 2}),
 ])
-def test_local_work_never_touches_the_weights(tiny_llama_dir: Path, name: str, options: dict) -> None:
-    method, model, tokenizer = method_and_model(tiny_llama_dir, name, **options)
+def test_local_work_never_touches_the_weights(wordpiece_llama_dir: Path, name: str, options: dict) -> None:
+    method, model, tokenizer = method_and_model(wordpiece_llama_dir, name, **options)
     assert isinstance(model, VerbalizerLM)
     before = {n: p.detach().clone() for n, p in model.named_parameters()}
     state = method.get_state(model)
     data = encode(TEXTS, LABELS, tokenizer, 16)
-    local = method.fit(model, data, np.arange(16), TrainConfig(eval_batch_size=4), seed=3)
+    local = method.fit(model, data, np.arange(16), TrainConfig(eval_batch_size=4), FitContext(0, 1, seed=3))
     after = method.get_state(model)
     assert all(not p.requires_grad and p.grad is None for p in model.parameters())
     assert [n for n, p in model.named_parameters() if not torch.equal(p, before[n])] == []
@@ -147,13 +132,13 @@ def test_local_work_never_touches_the_weights(tiny_llama_dir: Path, name: str, o
         assert not torch.equal(after["z"], state["z"])
 
 
-def test_bbpt_prompt_is_init_plus_projection_of_z(tiny_llama_dir: Path) -> None:
-    method, model, _ = method_and_model(tiny_llama_dir, "bbpt", intrinsic_dim=4, num_virtual_tokens=3)
+def test_bbpt_prompt_is_init_plus_projection_of_z(wordpiece_llama_dir: Path) -> None:
+    method, model, _ = method_and_model(wordpiece_llama_dir, "bbpt", intrinsic_dim=4, num_virtual_tokens=3)
     assert torch.equal(model.soft_prompt, model.prompt_init)  # z starts at 0
     z = torch.tensor([1.0, -2.0, 0.5, 0.0])
     method.set_state(model, {"z": z})
     assert torch.allclose(model.soft_prompt, model.prompt_init + (model.projection @ z).view(3, 32))
-    _, again, _ = method_and_model(tiny_llama_dir, "bbpt", intrinsic_dim=4, num_virtual_tokens=3)
+    _, again, _ = method_and_model(wordpiece_llama_dir, "bbpt", intrinsic_dim=4, num_virtual_tokens=3)
     assert torch.equal(again.projection, model.projection)  # every party rebuilds the same A
     with pytest.raises(UserError, match="bbpt z must be float32"):
         method.set_state(model, {"z": torch.zeros(5)})
@@ -166,8 +151,8 @@ def test_bbpt_prompt_is_init_plus_projection_of_z(tiny_llama_dir: Path) -> None:
     ({"name": "bbpt", "score_examples": 8, "intrinsic_dim": 8, "popsize": 3, "generations": 1},
      {"name": "fedavg"}),
 ])
-def test_two_clients_two_rounds(tiny_config, tiny_llama_dir: Path, method: dict, strategy: dict) -> None:
-    cfg = tiny_config(model={"name": str(tiny_llama_dir)}, method=method, strategy=strategy,
+def test_two_clients_two_rounds(tiny_config, wordpiece_llama_dir: Path, method: dict, strategy: dict) -> None:
+    cfg = tiny_config(model={"name": str(wordpiece_llama_dir)}, method=method, strategy=strategy,
                       modes=["federated"])
     path = run_experiment(cfg, log=lambda *_: None)["federated"].path
     records = [json.loads(line) for line in (path / "rounds.jsonl").read_text().splitlines()]
@@ -193,18 +178,18 @@ def test_two_clients_two_rounds(tiny_config, tiny_llama_dir: Path, method: dict,
         assert (path / "adapter" / "soft_prompt.safetensors").is_file()
 
 
-def test_bad_black_box_input_is_refused(tiny_llama_dir: Path) -> None:
+def test_bad_black_box_input_is_refused(wordpiece_llama_dir: Path) -> None:
     with pytest.raises(ConfigError, match="accepts 'scores'"):
         build(ExperimentConfig, {"method": {"name": "prompt-search"}, "strategy": {"name": "fedavg"}})
     with pytest.raises(ConfigError, match="method.templates"):
         build(ExperimentConfig, {"method": {"name": "bbpt", "templates": ["no slot"]}})
     method = METHODS.get("prompt-search")(build(METHODS.get("prompt-search").Options, {}))
     with pytest.raises(UserError, match="label_words has 2 entries; the data has 3 labels"):
-        method.build_model(ModelConfig(name=str(tiny_llama_dir)), 3, 0)
+        method.build_model(ModelConfig(name=str(wordpiece_llama_dir)), 3, 0)
 
 
-def test_bf16_scoring_is_close_to_fp32(tiny_llama_dir: Path) -> None:
-    _, model, tokenizer = method_and_model(tiny_llama_dir, "prompt-search")
+def test_bf16_scoring_is_close_to_fp32(wordpiece_llama_dir: Path) -> None:
+    _, model, tokenizer = method_and_model(wordpiece_llama_dir, "prompt-search")
     data = encode(TEXTS, LABELS, tokenizer, 16)
     fp32, labels = hidden_states(model, data, np.arange(16), 0, 4)
     bf16, _ = hidden_states(model, data, np.arange(16), 0, 4, precision="bf16")

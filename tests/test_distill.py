@@ -10,11 +10,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers import updates
 from safetensors.torch import load_file
 
 from fedcustom.core.config import ConfigError, ExperimentConfig, ModelConfig, TrainConfig, build
 from fedcustom.core.errors import UserError
 from fedcustom.core.payload import serialize
+from fedcustom.core.types import FitContext
 from fedcustom.data.batching import encode
 from fedcustom.methods.distill import Distill, DistillOptions
 from fedcustom.methods.distill_parts import BagOfEmbeddings, load_public_texts, parse_spec
@@ -31,7 +33,7 @@ ZERO = {"logits": torch.zeros(1, 2)}
 
 def consensus(results: list, **options: object) -> torch.Tensor:
     strategy = Consensus(build(ConsensusOptions, options))
-    return strategy.aggregate(ZERO, results)["logits"]
+    return strategy.aggregate(ZERO, updates(results))["logits"]
 
 
 def test_probability_mean_weighted_by_examples() -> None:
@@ -145,15 +147,16 @@ def private_data(method: Distill) -> object:
     return encode(texts, [i % 2 for i in range(len(texts))], method.tokenizer, 16)
 
 
-def test_protocol_server_distills_each_new_consensus_once(tiny_model_dir: Path, public_txt: Path) -> None:
+def test_protocol_server_distills_each_consensus_it_adopts(tiny_model_dir: Path, public_txt: Path) -> None:
     method, model = distill_method(tiny_model_dir, public_txt, [f"model={tiny_model_dir} method=lora"])
     zero = method.get_state(model)
     assert zero["logits"].shape == (24, 2) and not zero["logits"].any()
-    method.set_state(model, zero)
+    method.adopt(model, zero)
     initial = method.server_method.get_state(model)
 
     data = private_data(method)
-    method.fit(model, data, np.arange(len(data)), TrainConfig(batch_size=8, lr=0.05), seed=1, cid=0)
+    cfg = TrainConfig(batch_size=8, lr=0.05)
+    method.fit(model, data, np.arange(len(data)), cfg, FitContext(0, 1, seed=1))
     upload = method.get_state(model)["logits"]
     assert upload.any() and torch.equal(method.server_method.get_state(model)["head.weight"],
                                         initial["head.weight"])  # a client's fit leaves the server alone
@@ -163,7 +166,7 @@ def test_protocol_server_distills_each_new_consensus_once(tiny_model_dir: Path, 
     gap = lambda: float(torch.nn.functional.kl_div(  # noqa: E731
         torch.log_softmax(server_logits(), -1), torch.softmax(target, -1), reduction="batchmean"))
     before = gap()
-    method.set_state(model, {"logits": target})
+    method.adopt(model, {"logits": target})  # the server's step on a new consensus
     after = gap()
     assert after < before  # the server model moved toward the consensus
     distilled = method.server_method.get_state(model)
@@ -171,7 +174,7 @@ def test_protocol_server_distills_each_new_consensus_once(tiny_model_dir: Path, 
     assert all(torch.equal(v, method.server_method.get_state(model)[k]) for k, v in distilled.items())
     assert torch.equal(method.get_state(model)["logits"], target)
 
-    method.set_state(model, zero)  # a fresh start: initial server, no client models
+    method.adopt(model, zero)  # a fresh start: initial server, no client models
     assert all(torch.equal(v, method.server_method.get_state(model)[k]) for k, v in initial.items())
     assert method.clients == {}
 
@@ -180,11 +183,12 @@ def test_payload_size_does_not_grow_with_the_client_model(tiny_model_dir: Path, 
     specs = ["model=bow dim=4", "model=bow dim=256", f"model={tiny_model_dir} layers=1 method=lora",
              f"model={tiny_model_dir} method=full"]
     method, model = distill_method(tiny_model_dir, public_txt, specs)
-    method.set_state(model, method.get_state(model))
+    method.adopt(model, method.get_state(model))
     data = private_data(method)
     sizes, params = [], []
     for cid in range(len(specs)):
-        method.fit(model, data, np.arange(len(data)), TrainConfig(batch_size=8, lr=0.01), seed=cid, cid=cid)
+        method.fit(model, data, np.arange(len(data)), TrainConfig(batch_size=8, lr=0.01),
+                   FitContext(cid, 1, seed=cid))
         sizes.append(len(serialize(method.get_state(model))))
         params.append(sum(p.numel() for p in method.clients[cid].model.parameters()))
     assert len(set(params)) == len(specs)  # four different model sizes...

@@ -205,16 +205,16 @@ def test_secure_aggregation_needs_a_strategy_of_the_mean(tiny_config) -> None:
 
 
 def test_a_site_trains_on_its_own_file_with_the_federations_labels(tiny_config, tmp_path: Path) -> None:
-    from fedcustom.engines.flower.client import client_job
+    from fedcustom.engines.flower.client import site_clients
 
     cfg = tiny_config(engine="flower", partition={"num_clients": 3})
     site = tmp_path / "site.csv"
     site.write_text("review,sentiment\nthe film was great,pos\nthe film was dull,neg\nsuperb,pos\n")
-    job = client_job(dumps(cfg), json.dumps(["neg", "pos"]), str(site), 2)
-    assert [len(c.rows) for c in job.clients] == [0, 0, 3]
-    assert job.data.labels.tolist() == [1, 0, 1]
+    clients = site_clients(dumps(cfg), json.dumps(["neg", "pos"]), str(site), 2)
+    assert [len(rows) for rows in clients.rows] == [0, 0, 3]
+    assert clients.data.labels.tolist() == [1, 0, 1]
     with pytest.raises(UserError, match=r"labels \['pos'\] are not among the federation's"):
-        client_job(dumps(cfg), json.dumps(["neg", "other"]), str(site), 2)
+        site_clients(dumps(cfg), json.dumps(["neg", "other"]), str(site), 2)
 
 
 def test_flower_engine_outside_a_server_app_is_a_clear_error(tiny_config) -> None:

@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 import torch
+from helpers import updates
 
 from fedcustom.core.config import ConfigError, ExperimentConfig, build, component
 from fedcustom.core.payload import deserialize, serialize
@@ -53,7 +54,7 @@ def test_noise_free_dp_fedavg_is_the_uniform_mean_of_clipped_deltas(local: bool)
     strategy = dp(clip_norm=1.0, noise_multiplier=0.0, server_lr=0.5, local=local)
     # deltas [3, 4] (norm 5 -> [0.6, 0.8]) and [0.5, 0] (kept); the 100 examples must not count:
     # uniform mean [0.55, 0.4]; server lr 0.5 -> [1 + 0.275, 0.2]
-    new = strategy.aggregate({"w": t(1, 0)}, [({"w": t(4, 4)}, 1), ({"w": t(1.5, 0)}, 100)])
+    new = strategy.aggregate({"w": t(1, 0)}, updates([({"w": t(4, 4)}, 1), ({"w": t(1.5, 0)}, 100)]))
     assert new["w"].tolist() == pytest.approx([1.275, 0.2])
     record = strategy.round_record()
     assert "dp_epsilon" not in record  # no noise, no guarantee
@@ -71,7 +72,7 @@ def test_noise_on_the_mean_has_the_promised_std(local: bool, std: float) -> None
     # clients send the global state back: the new state is pure noise; central std z*C/n,
     # local: n independent draws of std z*C averaged, z*C/sqrt(n)
     strategy = dp(clip_norm=0.5, noise_multiplier=2.0, local=local)
-    new = strategy.aggregate(ZEROS, [(dict(ZEROS), 1)] * 4)
+    new = strategy.aggregate(ZEROS, updates([(dict(ZEROS), 1)] * 4))
     noise = torch.cat([v.flatten() for v in new.values()]).double()
     assert float(noise.std()) == pytest.approx(std, rel=0.01)
     assert abs(float(noise.mean())) < 4 * std / noise.numel() ** 0.5
@@ -82,10 +83,10 @@ def test_noise_is_seeded_and_fresh_every_round() -> None:
     results = [({"w": t(1, 2, 3)}, 1)] * 3
     start = {"w": t(0, 0, 0)}
     a, b, other = dp(seed=3), dp(seed=3), dp(seed=4)
-    first = a.aggregate(start, results)
-    assert torch.equal(first["w"], b.aggregate(start, results)["w"])
-    assert not torch.equal(first["w"], other.aggregate(start, results)["w"])
-    assert not torch.equal(first["w"], a.aggregate(start, results)["w"])  # round 2 draws anew
+    first = a.aggregate(start, updates(results))
+    assert torch.equal(first["w"], b.aggregate(start, updates(results))["w"])
+    assert not torch.equal(first["w"], other.aggregate(start, updates(results))["w"])
+    assert not torch.equal(first["w"], a.aggregate(start, updates(results))["w"])  # round 2 draws anew
 
 
 @pytest.mark.parametrize("local", [False, True])
@@ -93,9 +94,9 @@ def test_noise_does_not_depend_on_the_order_of_keys(local: bool) -> None:
     # a checkpoint gives the keys back sorted: a resumed run must draw the same noise per tensor
     start = {"b": torch.zeros(3), "a": torch.zeros(2)}
     results = [({"b": t(1, 2, 3), "a": t(4, 5)}, 1)] * 2
-    forward = dp(local=local).aggregate(start, results)
+    forward = dp(local=local).aggregate(start, updates(results))
     backward = dp(local=local).aggregate(dict(reversed(start.items())),
-                                         [({k: s[k] for k in ("a", "b")}, n) for s, n in results])
+                                         updates([({k: s[k] for k in ("a", "b")}, n) for s, n in results]))
     assert all(torch.equal(forward[k], backward[k]) for k in start)
 
 
@@ -103,7 +104,7 @@ def test_local_mode_averages_what_each_client_would_send() -> None:
     global_state = {"w": t(0, 0, 0, 0)}
     results = [({"w": t(3, 0, 4, 0)}, 1), ({"w": t(0.1, 0.2, 0, 0)}, 7)]
     strategy = dp(clip_norm=1.0, noise_multiplier=0.7, seed=5, local=True)
-    new = strategy.aggregate(global_state, results)
+    new = strategy.aggregate(global_state, updates(results))
     # client i of the first release (0) draws from stream i + 1
     sent = [privatize(global_state, s, 1.0, 0.7, 5, 0, i + 1) for i, (s, _) in enumerate(results)]
     assert new["w"].tolist() == pytest.approx(((sent[0]["w"] + sent[1]["w"]) / 2).tolist(), abs=1e-6)
@@ -116,7 +117,7 @@ def test_epsilon_is_opacus_rdp_accountant_per_round() -> None:
     state, results = {"w": t(0)}, [({"w": t(1)}, 1)]
     epsilons = []
     for steps in (1, 2, 3):
-        state = strategy.aggregate(state, results)
+        state = strategy.aggregate(state, updates(results))
         record = strategy.round_record()
         assert record["dp_delta"] == 1e-5
         assert record["dp_epsilon"] == pytest.approx(accountant_epsilon(steps, 1.1, 0.3, 1e-5), rel=1e-12)
@@ -127,7 +128,7 @@ def test_epsilon_is_opacus_rdp_accountant_per_round() -> None:
 def test_more_noise_spends_less_and_local_pays_for_the_whole_federation() -> None:
     def first_round(**options: Any) -> float:
         strategy = dp(**options)
-        strategy.aggregate({"w": t(0)}, [({"w": t(1)}, 1)])
+        strategy.aggregate({"w": t(0)}, updates([({"w": t(1)}, 1)]))
         return strategy.round_record()["dp_epsilon"]
 
     low, high = first_round(noise_multiplier=0.8), first_round(noise_multiplier=3.0)
@@ -142,11 +143,12 @@ def test_state_dict_resumes_noise_momentum_and_accounting() -> None:
     options = {"noise_multiplier": 0.9, "momentum": 0.5, "seed": 1, "sample_rate": 0.5}
     results = [({"w": t(2, -1)}, 1), ({"w": t(0, 1)}, 3)]
     strategy = dp(**options)
-    s2 = strategy.aggregate(strategy.aggregate({"w": t(0, 0)}, results), results)
+    s2 = strategy.aggregate(strategy.aggregate({"w": t(0, 0)}, updates(results)), updates(results))
     strategy.round_record()
     restored = dp(**options)
     restored.load_state_dict(deserialize(serialize(strategy.state_dict())))  # as a checkpoint would
-    assert torch.equal(strategy.aggregate(s2, results)["w"], restored.aggregate(s2, results)["w"])
+    expected = strategy.aggregate(s2, updates(results))["w"]
+    assert torch.equal(expected, restored.aggregate(s2, updates(results))["w"])
     assert strategy.round_record() == restored.round_record()
     assert restored.releases == 3
 

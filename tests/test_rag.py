@@ -12,7 +12,6 @@ import torch
 
 from fedcustom.cli import main
 from fedcustom.core.errors import UserError
-from fedcustom.models.backbones import resolve
 from fedcustom.rag.ask import ask, open_retriever
 from fedcustom.rag.config import load_rag_config
 from fedcustom.rag.corpus import build_corpus
@@ -40,23 +39,6 @@ TOPICS = {
 @pytest.fixture(scope="module")
 def encoder(tiny_model_dir: Path) -> Encoder:
     return Encoder(str(tiny_model_dir), max_length=64)
-
-
-@pytest.fixture(scope="module")
-def tiny_llama_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A randomly initialized Llama-style causal LM (2 layers, hidden 32) with MiniLM's tokenizer."""
-    from transformers import AutoTokenizer, LlamaConfig, LlamaForCausalLM
-
-    path = tmp_path_factory.mktemp("tiny-llama")
-    tokenizer = AutoTokenizer.from_pretrained(resolve("minilm")[0])
-    torch.manual_seed(0)
-    config = LlamaConfig(vocab_size=tokenizer.vocab_size, hidden_size=32, num_hidden_layers=2,
-                         num_attention_heads=2, num_key_value_heads=2, intermediate_size=64,
-                         max_position_embeddings=1024, pad_token_id=tokenizer.pad_token_id,
-                         eos_token_id=tokenizer.sep_token_id, bos_token_id=tokenizer.cls_token_id)
-    LlamaForCausalLM(config).save_pretrained(path)
-    tokenizer.save_pretrained(path)
-    return path
 
 
 def documents(topic: str, n: int) -> list[Document]:
@@ -253,9 +235,9 @@ def test_bbc_split_gives_each_client_its_own_topic_and_holds_questions_out() -> 
 
 # --- generation, CLI and the experiment --------------------------------------------------------
 
-def test_end_to_end_ask_with_a_tiny_generator(encoder: Encoder, tiny_llama_dir: Path) -> None:
+def test_end_to_end_ask_with_a_tiny_generator(encoder: Encoder, wordpiece_llama_dir: Path) -> None:
     retriever = FederatedRetriever([RagClient(s) for s in text_stores(encoder)], k=3)
-    generator = Generator(str(tiny_llama_dir), max_new_tokens=4, answer_prefix="Topic:")
+    generator = Generator(str(wordpiece_llama_dir), max_new_tokens=4, answer_prefix="Topic:")
     result = ask("where does the cat sleep?", retriever, generator, context_passages=2)
     prompt = generator.prompt(result.question, result.passages[:2])
     assert len(result.passages) == 3 and result.passages[0].text in prompt and prompt.endswith("Topic:")
@@ -263,8 +245,8 @@ def test_end_to_end_ask_with_a_tiny_generator(encoder: Encoder, tiny_llama_dir: 
     assert ask("where does the cat sleep?", retriever, generator, 2).answer == result.answer  # greedy
 
 
-def test_choose_picks_the_option_with_the_highest_log_likelihood(tiny_llama_dir: Path) -> None:
-    generator = Generator(str(tiny_llama_dir), answer_prefix="Topic:")
+def test_choose_picks_the_option_with_the_highest_log_likelihood(wordpiece_llama_dir: Path) -> None:
+    generator = Generator(str(wordpiece_llama_dir), answer_prefix="Topic:")
     options = ["cats", "trains", "zyxwvq plover"]  # the last is several tokens: the slow path
     ids = generator.encode(generator.prompt("which?"))["input_ids"]
     scores = []
@@ -278,20 +260,20 @@ def test_choose_picks_the_option_with_the_highest_log_likelihood(tiny_llama_dir:
     assert generator.choose("which?", options[::-1]) == len(options) - 1 - int(np.argmax(scores))
 
 
-def test_generator_loads_a_peft_adapter(tiny_llama_dir: Path, tmp_path: Path) -> None:
+def test_generator_loads_a_peft_adapter(wordpiece_llama_dir: Path, tmp_path: Path) -> None:
     from peft import LoraConfig, PeftModel, get_peft_model
     from transformers import AutoModelForCausalLM
 
-    base = AutoModelForCausalLM.from_pretrained(tiny_llama_dir)
+    base = AutoModelForCausalLM.from_pretrained(wordpiece_llama_dir)
     lora = get_peft_model(base, LoraConfig(r=2, target_modules=["q_proj", "v_proj"]))
     lora.save_pretrained(tmp_path / "adapter")
-    generator = Generator(str(tiny_llama_dir), adapter=str(tmp_path / "adapter"), max_new_tokens=2)
+    generator = Generator(str(wordpiece_llama_dir), adapter=str(tmp_path / "adapter"), max_new_tokens=2)
     assert isinstance(generator.model, PeftModel) and isinstance(generator.answer("hello?"), str)
     with pytest.raises(UserError, match="adapter_config.json"):
-        Generator(str(tiny_llama_dir), adapter=str(tmp_path))
+        Generator(str(wordpiece_llama_dir), adapter=str(tmp_path))
 
 
-def test_cli_index_add_and_ask(tiny_model_dir: Path, tiny_llama_dir: Path, tmp_path: Path,
+def test_cli_index_add_and_ask(tiny_model_dir: Path, wordpiece_llama_dir: Path, tmp_path: Path,
                                capsys: pytest.CaptureFixture[str]) -> None:
     for topic in ("cats", "rain"):
         docs = tmp_path / f"{topic}.jsonl"
@@ -307,7 +289,7 @@ def test_cli_index_add_and_ask(tiny_model_dir: Path, tiny_llama_dir: Path, tmp_p
     assert "bread.txt" in LocalStore.load(tmp_path / "store-cats").doc_ids
     capsys.readouterr()
     assert main(["rag", "ask", "a kitten on the sofa", "--stores", str(tmp_path / "store-cats"),
-                 str(tmp_path / "store-rain"), "--k", "3", "--generator", str(tiny_llama_dir),
+                 str(tmp_path / "store-rain"), "--k", "3", "--generator", str(wordpiece_llama_dir),
                  "--max-new-tokens", "3", "--json", "--query", " ".join(TOPICS["bread"].split()[:8])]) == 0
     out = json.loads(capsys.readouterr().out)
     assert len(out["passages"]) == 3 and out["traffic"]["passages_sent"] == 3
@@ -316,7 +298,7 @@ def test_cli_index_add_and_ask(tiny_model_dir: Path, tiny_llama_dir: Path, tmp_p
     assert main(["rag", "ask", "q", "--stores", str(tmp_path / "nowhere"), "--no-generate"]) == 2
 
 
-def test_rag_eval_writes_metrics_and_report(tiny_model_dir: Path, tiny_llama_dir: Path,
+def test_rag_eval_writes_metrics_and_report(tiny_model_dir: Path, wordpiece_llama_dir: Path,
                                             tmp_path: Path) -> None:
     config = tmp_path / "rag.toml"
     config.write_text(f"""
@@ -330,7 +312,7 @@ documents_per_topic = 3
 retrieval_queries = 8
 topic_questions = 5
 [generator]
-name = "{tiny_llama_dir}"
+name = "{wordpiece_llama_dir}"
 max_new_tokens = 2
 """)
     run_dir = run_rag_experiment(load_rag_config(config), log=lambda _: None)

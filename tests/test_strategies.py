@@ -9,11 +9,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers import updates
 
 from fedcustom.core.config import ConfigError, ExperimentConfig, ModelConfig, TrainConfig, build, component
 from fedcustom.core.errors import UserError
 from fedcustom.core.payload import deserialize, serialize
 from fedcustom.core.registry import METHODS, STRATEGIES
+from fedcustom.core.types import Instructions
 from fedcustom.data.batching import encode
 from fedcustom.methods.prefix import PrefixOptions
 from fedcustom.methods.training import train_local
@@ -69,7 +71,7 @@ def test_server_optimizer_is_the_torch_optimizer_on_the_averaged_delta(name: str
             mean = sum(s[k].double() * (n / total) for s, n in results).float()  # type: ignore[union-attr]
             p.grad = p.detach() - mean
         reference.step()
-        state = strategy.aggregate(state, results)
+        state = strategy.aggregate(state, updates(results))
         for k, p in params.items():
             assert torch.equal(state[k], p), (k, state[k], p)
     assert not torch.allclose(state["a"], torch.ones(3, 2))  # it moved
@@ -79,7 +81,7 @@ def test_fedadam_first_step_has_bias_correction() -> None:
     # with bias correction Adam's first step is server_lr * g / (|g| + eps) per coordinate:
     # delta = [0.5, -0.5] -> step = 1 * [0.5, -0.5] / (0.5 + 0.5) = [0.5, -0.5]
     adam = STRATEGIES.get("fedadam")(EASY)
-    s1 = adam.aggregate({"w": t(0, 1)}, [({"w": t(2, -1)}, 1), ({"w": t(0, 1)}, 3)])
+    s1 = adam.aggregate({"w": t(0, 1)}, updates([({"w": t(2, -1)}, 1), ({"w": t(0, 1)}, 3)]))
     assert w(s1) == pytest.approx([0.5, 0.5])
 
 
@@ -88,24 +90,24 @@ def test_fedyogi_two_rounds() -> None:
     # round 1, g = -delta = [-2, -0.5]: m = 0.5*g = [-1, -0.25]; v = 0 + 0.5*g^2 = [2, 0.125] (as Adam)
     # m_hat = m / 0.5 = [-2, -0.5]; v_hat = v / 0.5 = [4, 0.25]; step = -m_hat / (sqrt(v_hat) + 0.5)
     #   = [2 / 2.5, 0.5 / 1] = [0.8, 0.5]
-    s1 = yogi.aggregate({"w": t(0, 0)}, [({"w": t(2, 0.5)}, 1)])
+    s1 = yogi.aggregate({"w": t(0, 0)}, updates([({"w": t(2, 0.5)}, 1)]))
     assert w(s1) == pytest.approx([0.8, 0.5])
     # round 2, g = [-1, 0.5] (clients send [1.8, 0]): m = 0.5*m + 0.5*g = [-1, 0.125]
     # v: Yogi moves by 0.5*g^2 towards g^2: 2 - 0.5*1*sign(2 - 1) = 1.5; 0.125 + 0.5*0.25 = 0.25
     #   (Adam would give 0.5*2 + 0.5*1 = 1.5 and 0.0625 + 0.125 = 0.1875)
     # bias corrections 1 - 0.25 = 0.75: m_hat = [-4/3, 1/6]; v_hat = [2, 1/3]
     # step = [4/3 / (sqrt(2) + 0.5), -1/6 / (sqrt(1/3) + 0.5)] = [0.6965, -0.15470]
-    s2 = yogi.aggregate(s1, [({"w": t(1.8, 0)}, 1)])
+    s2 = yogi.aggregate(s1, updates([({"w": t(1.8, 0)}, 1)]))
     assert w(s2) == pytest.approx([0.8 + 0.6965356, 0.5 - 0.1547005], rel=1e-5)
 
 
 def test_fedadagrad_two_rounds() -> None:
     adagrad = STRATEGIES.get("fedadagrad")(EASY)
     # g = -1.2; sum = 1.44; step = 1.2 / (1.2 + 0.5) = 12/17
-    s1 = adagrad.aggregate({"w": t(0)}, [({"w": t(1.2)}, 1)])
+    s1 = adagrad.aggregate({"w": t(0)}, updates([({"w": t(1.2)}, 1)]))
     assert w(s1) == pytest.approx([12 / 17])
     # g = 0 (the global state sent back): Adagrad has no momentum, so nothing moves
-    s2 = adagrad.aggregate(s1, [(dict(s1), 1)])
+    s2 = adagrad.aggregate(s1, updates([(dict(s1), 1)]))
     assert w(s2) == pytest.approx([12 / 17])
 
 
@@ -114,7 +116,7 @@ def test_fedavgm_is_fedavg_with_momentum() -> None:
     m, fedavg = make("fedavgm", momentum=0.5), FedAvg(FedAvgOptions(momentum=0.5))
     state_m = state_f = {"w": t(0, 1)}
     for results in ([({"w": t(2, -1)}, 1), ({"w": t(0, 1)}, 3)], [({"w": t(1, 1)}, 2)]):
-        state_m, state_f = m.aggregate(state_m, results), fedavg.aggregate(state_f, results)
+        state_m, state_f = m.aggregate(state_m, updates(results)), fedavg.aggregate(state_f, updates(results))
         assert torch.equal(state_m["w"], state_f["w"])
 
 
@@ -123,15 +125,15 @@ def test_server_optimizer_state_dict_resumes_the_same(name: str) -> None:
     rounds = client_rounds(1, 3)
     start = {"a": torch.ones(3, 2), "b": torch.zeros(4)}
     strategy = STRATEGIES.get(name)(EASY)
-    s1 = strategy.aggregate(strategy.aggregate(start, rounds[0]), rounds[1])
+    s1 = strategy.aggregate(strategy.aggregate(start, updates(rounds[0])), updates(rounds[1]))
     restored = STRATEGIES.get(name)(EASY)
     restored.load_state_dict(deserialize(serialize(strategy.state_dict())))  # as a checkpoint would
     assert restored.state_dict().keys() == strategy.state_dict().keys()
-    expected = strategy.aggregate(s1, rounds[2])
-    got = restored.aggregate(s1, rounds[2])
+    expected = strategy.aggregate(s1, updates(rounds[2]))
+    got = restored.aggregate(s1, updates(rounds[2]))
     assert all(torch.equal(expected[k], got[k]) for k in expected)
     fresh = STRATEGIES.get(name)(EASY)  # without the optimizer state the step differs
-    assert not torch.equal(fresh.aggregate(s1, rounds[2])["a"], got["a"])
+    assert not torch.equal(fresh.aggregate(s1, updates(rounds[2]))["a"], got["a"])
 
 
 # --- median / trimmed mean / Krum ---------------------------------------------------------------
@@ -144,15 +146,15 @@ ZERO = {"w": t(0, 0)}
 
 def test_median() -> None:
     # sorted: [1, 2, 3, 7, 100] -> 3; [-1, 0, 1, 2, 5] -> 1
-    assert w(make("median").aggregate(ZERO, FIVE)) == [3, 1]
+    assert w(make("median").aggregate(ZERO, updates(FIVE))) == [3, 1]
 
 
 def test_trimmed_mean() -> None:
     # int(0.2 * 5) = 1 cut from each end: (2 + 3 + 7) / 3 = 4; (0 + 1 + 2) / 3 = 1
-    assert w(make("trimmed_mean", trim_fraction=0.2).aggregate(ZERO, FIVE)) == pytest.approx([4, 1])
+    assert w(make("trimmed_mean", trim_fraction=0.2).aggregate(ZERO, updates(FIVE))) == pytest.approx([4, 1])
     # the default 0.1 rounds down to nothing cut with 5 clients: the unweighted mean
     # (1 + 2 + 3 + 7 + 100) / 5 = 22.6; (-1 + 0 + 5 + 2 + 1) / 5 = 1.4
-    assert w(make("trimmed_mean").aggregate(ZERO, FIVE)) == pytest.approx([22.6, 1.4])
+    assert w(make("trimmed_mean").aggregate(ZERO, updates(FIVE))) == pytest.approx([22.6, 1.4])
 
 
 # honest clients around [1, 1] and one attacker; squared distances among the honest ones:
@@ -165,20 +167,20 @@ KRUM = [({"w": t(100, -100)}, 1000), ({"w": t(1, 1)}, 1), ({"w": t(1.5, 1)}, 100
 
 
 def test_krum_picks_the_honest_center() -> None:
-    assert w(make("krum", num_malicious=1).aggregate(ZERO, KRUM)) == [1, 1]
+    assert w(make("krum", num_malicious=1).aggregate(ZERO, updates(KRUM))) == [1, 1]
 
 
 def test_multi_krum_averages_the_m_best_unweighted() -> None:
     # best three: h0, h1, h2 -> ([1, 1] + [1.5, 1] + [1, 0.5]) / 3 = [7/6, 5/6], h1's 100 examples ignored
-    new = make("krum", num_malicious=1, multi_krum=3).aggregate(ZERO, KRUM)
+    new = make("krum", num_malicious=1, multi_krum=3).aggregate(ZERO, updates(KRUM))
     assert w(new) == pytest.approx([7 / 6, 5 / 6])
 
 
 def test_krum_with_too_few_clients_is_a_user_error() -> None:
     with pytest.raises(UserError, match="more than 4 clients per round, got 4"):
-        make("krum", num_malicious=1).aggregate(ZERO, KRUM[:4])
+        make("krum", num_malicious=1).aggregate(ZERO, updates(KRUM[:4]))
     with pytest.raises(UserError, match="multi_krum = 5"):
-        make("krum", num_malicious=1, multi_krum=5).aggregate(ZERO, KRUM)
+        make("krum", num_malicious=1, multi_krum=5).aggregate(ZERO, updates(KRUM))
 
 
 def test_robust_options_are_checked() -> None:
@@ -201,7 +203,7 @@ ROBUST = [("median", {}), ("trimmed_mean", {"trim_fraction": 0.2}), ("krum", {"n
 @pytest.mark.parametrize(("name", "options"), ROBUST, ids=lambda x: str(x))
 def test_identical_states_aggregate_to_themselves(name: str, options: dict) -> None:
     state, other = {"w": torch.randn(3, 4)}, {"w": torch.randn(3, 4)}
-    new = make(name, **options).aggregate(other, [(dict(state), n) for n in (1, 2, 3, 4, 9)])
+    new = make(name, **options).aggregate(other, updates([(dict(state), n) for n in (1, 2, 3, 4, 9)]))
     assert torch.equal(new["w"], state["w"])
 
 
@@ -209,7 +211,7 @@ def test_identical_states_aggregate_to_themselves(name: str, options: dict) -> N
 def test_global_state_sent_back_stays_the_global_state(name: str) -> None:
     state = {"w": torch.randn(3, 4)}
     options = {"krum": {"num_malicious": 1}, "dp_fedavg": {"noise_multiplier": 0.0}}.get(name, {})
-    new = make(name, **options).aggregate(state, [(dict(state), n) for n in (1, 2, 3, 4, 9)])
+    new = make(name, **options).aggregate(state, updates([(dict(state), n) for n in (1, 2, 3, 4, 9)]))
     assert torch.equal(new["w"], state["w"])
 
 
@@ -217,12 +219,13 @@ def test_global_state_sent_back_stays_the_global_state(name: str) -> None:
 
 def test_fedprox_sends_mu_and_aggregates_like_fedavg() -> None:
     prox = FedProx(FedProxOptions(mu=0.5, server_lr=0.5))
-    assert prox.client_config(3) == {"prox_mu": 0.5}
-    assert make("fedprox").client_config(1) == {"prox_mu": 0.01}
-    assert FedAvg(FedAvgOptions()).client_config(1) == {}
+    base = Instructions(lr_scale=0.5)
+    assert prox.instruct(base) == Instructions(lr_scale=0.5, prox_mu=0.5)
+    assert make("fedprox").instruct(base).prox_mu == 0.01
+    assert FedAvg(FedAvgOptions()).instruct(base) == base
     results = [({"w": t(1, 2)}, 1), ({"w": t(3, 6)}, 3)]
     # FedAvg with server lr 0.5: 0 + 0.5 * ([2.5, 5] - 0)
-    assert w(prox.aggregate(ZERO, results)) == pytest.approx([1.25, 2.5])
+    assert w(prox.aggregate(ZERO, updates(results))) == pytest.approx([1.25, 2.5])
 
 
 def test_proximal_term_keeps_clients_near_the_global_state(tiny_model_dir: Path) -> None:
@@ -235,7 +238,8 @@ def test_proximal_term_keeps_clients_near_the_global_state(tiny_model_dir: Path)
         before = method.get_state(model)
         data = encode(texts * 4, [1, 0, 0, 1] * 4, tokenizer, 16)
         cfg = TrainConfig(batch_size=4, lr=0.05, local_epochs=3)
-        result = train_local(model, method, data, np.arange(16), cfg, seed=0, prox_mu=prox_mu)
+        result = train_local(model, method, data, np.arange(16), cfg, seed=0,
+                             instructions=Instructions(prox_mu=prox_mu))
         assert result.steps == 12 and result.loss > 0
         after = method.get_state(model)
         return sum(((after[k] - before[k]) ** 2).sum().item() for k in before)
@@ -253,7 +257,7 @@ def test_two_round_run(tiny_config, monkeypatch: pytest.MonkeyPatch, name: str) 
     seen: list[float] = []
 
     def spy(*args: object, **kwargs: object):
-        seen.append(kwargs.get("prox_mu", 0.0))  # type: ignore[arg-type]
+        seen.append(kwargs["instructions"].prox_mu)  # type: ignore[attr-defined]
         return train_local(*args, **kwargs)  # type: ignore[arg-type]
 
     monkeypatch.setattr(base, "train_local", spy)

@@ -1,9 +1,58 @@
-"""The round's shared vocabulary, below every layer that uses it."""
+"""The round's vocabulary, below every layer that uses it: what travels, what a client is asked
+to do, what it reports, and what a strategy aggregates."""
 
 from __future__ import annotations
+
+from dataclasses import dataclass, field
 
 import torch
 
 # What travels between server and clients, and what a checkpoint holds: tensors by name. Its
 # meaning belongs to the method (prefix vectors, LoRA matrices, logits on a public set, scores).
 State = dict[str, torch.Tensor]
+
+
+@dataclass(frozen=True)
+class Instructions:
+    """What the server asks of every client's local work in a round, beside the global state:
+    the round's learning-rate schedule, and what the strategy adds (Strategy.instruct)."""
+
+    lr_scale: float = 1.0  # multiplies the learning rates (the schedule over rounds)
+    prox_mu: float = 0.0  # FedProx: add (mu/2)*||w - w_start||^2 to the loss (0: off)
+
+
+@dataclass(frozen=True)
+class FitContext:
+    """One client's local work in one round: who, when, its seed, and the round's instructions."""
+
+    cid: int
+    server_round: int
+    seed: int  # fixes batch order and dropout: the same (config, round, client) gives the same update
+    instructions: Instructions = field(default_factory=Instructions)
+
+    @property
+    def progress(self) -> str:
+        return f"round {self.server_round} client {self.cid}"
+
+
+@dataclass(frozen=True)
+class LocalResult:
+    """What a client's local work reports besides its state."""
+
+    loss: float  # mean training loss over the local steps
+    steps: int
+    examples: int  # examples seen, epochs included
+    seconds: float
+    # Model passes over single examples: the compute of the local work, comparable across methods.
+    # Forward-only (black-box) methods count examples x prompts scored; the shared loop counts one
+    # forward and one backward per example seen. 0 where a method does not count.
+    forward_passes: int = 0
+    backward_passes: int = 0
+
+
+@dataclass(frozen=True)
+class Update:
+    """One entry a strategy aggregates: a state and its weight (the examples behind it)."""
+
+    state: State
+    examples: int

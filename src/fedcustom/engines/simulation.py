@@ -7,28 +7,37 @@ the serialized sizes and nothing but the method's tensors crosses the engine bou
 
 from __future__ import annotations
 
-from typing import Any
-
 from fedcustom.core.payload import deserialize, serialize
 from fedcustom.core.registry import ENGINES
-from fedcustom.core.types import State
+from fedcustom.core.types import Instructions, State
 from fedcustom.engines.base import Engine
-from fedcustom.federation.rounds import ClientOutcome, Job, client_update, run_rounds
+from fedcustom.federation.rounds import (
+    Failure,
+    Job,
+    Reply,
+    RoundReplies,
+    client_update,
+    fit_context,
+    run_rounds,
+)
 
 
 @ENGINES.register("simulation")
 class SimulationEngine(Engine):
     def run(self, job: Job) -> State:
+        clients = job.clients
+
         def train_clients(server_round: int, down: bytes, cids: list[int],
-                          client_config: dict[str, Any]) -> dict[int, ClientOutcome]:
-            outcomes, state = {}, deserialize(down)  # what every client receives
+                          instructions: Instructions) -> RoundReplies:
+            replies, state = {}, deserialize(down)  # what every client receives
             for cid in cids:
+                ctx = fit_context(clients.seed, server_round, cid, instructions)
                 try:
-                    update, local = client_update(job, cid, state, server_round, client_config)
+                    update, local = client_update(clients, state, ctx)
                 except Exception as e:  # noqa: BLE001 - a failing client must not end the round
-                    outcomes[cid] = ClientOutcome(error=repr(e), exception=e)
+                    replies[cid] = Reply(failure=Failure(repr(e), e))
                     continue
-                outcomes[cid] = ClientOutcome(serialize(update), local, len(job.clients[cid].rows))
-            return outcomes
+                replies[cid] = Reply(serialize(update), local, len(clients.rows[cid]))
+            return RoundReplies(replies)
 
         return run_rounds(job, train_clients)

@@ -1,7 +1,7 @@
 """The round loop: a Job (one prepared run), the server's side of every round, a client's update.
 
 Engines (engines/) know nothing of a method's internals: they move the method's state (as
-serialized payloads), and every client does its work through `client_update`. The server's
+serialized payloads) and the round's Instructions, and bring back Replies. The server's
 side of a round (sampling, faults, screening, aggregation, evaluation, the record) is one function,
 `run_rounds`, for every engine; an engine only says how a round's clients are reached
 (`train_clients`), and every client does its work through `client_update`.
@@ -21,25 +21,38 @@ from tqdm.auto import tqdm
 
 from fedcustom.core.config import TrainConfig
 from fedcustom.core.payload import deserialize, serialize
-from fedcustom.core.types import State
+from fedcustom.core.types import FitContext, Instructions, LocalResult, State, Update
 from fedcustom.data.batching import Encoded
 from fedcustom.federation.attacks import Attack
 from fedcustom.federation.faults import Faults
-from fedcustom.federation.screening import screen_updates
+from fedcustom.federation.screening import SECURE_MEAN, Sender, screen_updates
 from fedcustom.methods.base import Method
-from fedcustom.methods.training import LocalResult, lr_scale
+from fedcustom.methods.training import lr_scale
 from fedcustom.strategies.base import Strategy
 
 
-@dataclass(frozen=True)
-class Client:
-    cid: int
-    rows: np.ndarray  # the rows of the shared training data this client holds
+@dataclass
+class Clients:
+    """The clients' side of a run: what every client's local work needs, wherever it runs (in this
+    process, or on a Flower SuperNode, which builds only this)."""
+
+    model: nn.Module  # the one shared base model, already prepared by the method
+    method: Method
+    data: Encoded  # the shared training data; each client holds some of its rows
+    rows: list[np.ndarray]  # rows[cid]: client cid's rows of `data`
+    train: TrainConfig
+    seed: int
+    attack: Attack = field(default_factory=Attack.none)
+    faults: Faults = field(default_factory=Faults.none)
+
+    def __len__(self) -> int:
+        return len(self.rows)
 
 
 @dataclass
 class Job:
-    """One federated (or centralized: a single client) run, fully prepared.
+    """One federated (or centralized: a single client) run, fully prepared: the clients and the
+    server's side (strategy, rounds, sampling, evaluation, where records go).
 
     A job may start part-way (a resumed run): rounds start_round+1 .. rounds run from
     initial_state, the global state after start_round, with the strategy's own state already
@@ -47,48 +60,58 @@ class Job:
     is the same as running every round in one go.
     """
 
-    model: nn.Module  # the one shared base model, already prepared by the method
-    method: Method
+    clients: Clients
     strategy: Strategy
-    clients: list[Client]
-    data: Encoded
-    train: TrainConfig
     rounds: int
     fraction_fit: float
-    seed: int
     evaluate: Callable[[nn.Module], dict[str, float]]
     # after each round (round 0: the initial evaluation): its record and the new global state
     on_round: Callable[[dict[str, Any], State], None]
     label: str = "run"
     start_round: int = 0
     initial_state: State | None = None  # None: the model's current state
-    max_norm_factor: float = 10.0  # see validation.screen_updates
-    attack: Attack = field(default_factory=Attack.none)
-    faults: Faults = field(default_factory=Faults.none)
+    max_norm_factor: float = 10.0  # see screening.screen_updates
     min_clients: int = 0  # a round with fewer updates than this fails the run (0: no minimum)
 
 
+@dataclass(frozen=True)
+class Failure:
+    """Why a client's round failed, as it reported it."""
+
+    message: str
+    exception: Exception | None = None  # the exception itself, where the client ran in process
+
+
 @dataclass
-class ClientOutcome:
+class Reply:
     """What the server got from one client in a round: an update, or the reason there is none."""
 
-    up: bytes | None = None  # the serialized update
+    update: bytes | None = None  # the serialized state (None under secure aggregation)
     local: LocalResult | None = None
     examples: int = 0  # the weight of the update (the client's number of training examples)
-    error: str | None = None  # the client failed (its exception, as the client reported it)
-    exception: Exception | None = None  # the exception itself, where the client ran in process
+    failure: Failure | None = None  # the client failed
     missing: bool = False  # no answer in time (a dead node, a lost connection)
-    sent: int | None = None  # bytes the client sent, where an engine measures them (else len(up))
-    summed: list[int] = field(default_factory=list)  # SECURE_SUM: the clients in the mean
+    sent: int | None = None  # bytes the client sent, where an engine measures them (else len(update))
 
 
-# The key of a securely aggregated update among a round's outcomes: the example-weighted mean of
-# the `summed` clients' states, none of which the server saw on its own.
-SECURE_SUM = -1
+@dataclass(frozen=True)
+class SecureMean:
+    """Under secure aggregation, the only update the server sees: the example-weighted mean of
+    the clients' states, none of which it saw on its own."""
+
+    update: bytes  # the serialized mean state
+    examples: int
+    clients: list[int]  # whose updates are in the mean
 
 
-# (server round, serialized global state, clients to train, client config) -> outcome per client
-TrainClients = Callable[[int, bytes, list[int], dict[str, Any]], dict[int, ClientOutcome]]
+@dataclass
+class RoundReplies:
+    replies: dict[int, Reply]  # by client id, one per client asked
+    secure_mean: SecureMean | None = None
+
+
+# (server round, serialized global state, clients to train, the round's instructions) -> replies
+TrainClients = Callable[[int, bytes, list[int], Instructions], RoundReplies]
 
 
 class RoundFailed(RuntimeError):
@@ -110,67 +133,74 @@ def peak_rss_mb() -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
 
 
-def client_update(job: Job, cid: int, state: State, server_round: int,
-                  client_config: dict[str, Any]) -> tuple[State, LocalResult]:
-    """Client `cid`'s work in a round, wherever it runs: load the global `state`, train with the
+def client_update(clients: Clients, state: State, ctx: FitContext) -> tuple[State, LocalResult]:
+    """Client ctx.cid's work in a round, wherever it runs: load the global `state`, train with the
     method (as a malicious or noisy client would, when the run simulates one), return its state."""
-    seed = client_seed(job.seed, server_round, cid)
 
     def train(data: Encoded) -> tuple[State, LocalResult]:
-        job.method.set_state(job.model, state)
-        local = job.method.fit(job.model, data, job.clients[cid].rows, job.train, seed,
-                               progress=f"round {server_round} client {cid}", cid=cid, **client_config)
-        return job.method.get_state(job.model), local
+        clients.method.set_state(clients.model, state)
+        local = clients.method.fit(clients.model, data, clients.rows[ctx.cid], clients.train, ctx)
+        return clients.method.get_state(clients.model), local
 
-    return job.attack.client_update(cid, state, job.faults.training_data(cid, job.data), train)
+    data = clients.faults.training_data(ctx.cid, clients.data)
+    return clients.attack.client_update(ctx.cid, state, data, train)
+
+
+def fit_context(seed: int, server_round: int, cid: int, instructions: Instructions) -> FitContext:
+    return FitContext(cid, server_round, client_seed(seed, server_round, cid), instructions)
 
 
 def run_rounds(job: Job, train_clients: TrainClients) -> State:
     """The server's loop: rounds start_round+1 .. rounds, job.on_round after each; the final state."""
-    method, model = job.method, job.model
+    clients = job.clients
+    method, model = clients.method, clients.model
     state = method.get_state(model) if job.initial_state is None else job.initial_state
-    method.set_state(model, state)
+    method.adopt(model, state)
     if job.start_round == 0:
-        job.on_round({"round": 0, **job.evaluate(model), **job.attack.describe(),
-                      **job.faults.describe()}, state)
+        job.on_round({"round": 0, **job.evaluate(model), **clients.attack.describe(),
+                      **clients.faults.describe()}, state)
     rounds = tqdm(range(job.start_round + 1, job.rounds + 1), desc=job.label, unit="round",
                   initial=job.start_round, total=job.rounds)
     for server_round in rounds:
         start = time.perf_counter()
-        sampled = sample_clients(len(job.clients), job.fraction_fit, job.seed, server_round)
+        sampled = sample_clients(len(clients), job.fraction_fit, clients.seed, server_round)
         down = serialize(state)
-        client_config = {**job.strategy.client_config(server_round),  # e.g. FedProx's prox_mu
-                         "lr_scale": lr_scale(job.train, server_round, job.rounds)}
-        on_time, dropped, late = job.faults.split(server_round, sampled)
-        outcomes = train_clients(server_round, down, sorted(on_time + late), client_config)
-        secure = outcomes.pop(SECURE_SUM, None)
-        missing = [cid for cid, o in outcomes.items() if o.missing]
-        failed = {cid: o.error for cid, o in outcomes.items() if o.error is not None}
-        trained = {cid: o for cid, o in outcomes.items() if o.local is not None}
-        reported = {cid: o for cid, o in sorted(trained.items()) if cid not in late}
-        updates = [(cid, deserialize(o.up), o.examples) for cid, o in reported.items() if o.up is not None]
+        instructions = job.strategy.instruct(Instructions(lr_scale(clients.train, server_round, job.rounds)))
+        on_time, dropped, late = clients.faults.split(server_round, sampled)
+        answers = train_clients(server_round, down, sorted(on_time + late), instructions)
+        replies, secure = answers.replies, answers.secure_mean
+        missing = [cid for cid, r in replies.items() if r.missing]
+        failed = {cid: r.failure for cid, r in replies.items() if r.failure is not None}
+        trained = {cid: r for cid, r in replies.items() if r.local is not None}
+        reported = {cid: r for cid, r in sorted(trained.items()) if cid not in late}
+        updates: dict[Sender, Update] = {cid: Update(deserialize(r.update), r.examples)
+                                         for cid, r in reported.items() if r.update is not None}
         if secure is not None:  # the clients' updates arrived only as their mean
-            updates = [(SECURE_SUM, deserialize(secure.up), secure.examples)]  # type: ignore[arg-type]
-        arrived = len(secure.summed) if secure is not None else len(updates)
-        if outcomes and len(failed) == len(outcomes):  # a systematic error, not a client fault
-            first = next(o for o in outcomes.values() if o.error is not None)
-            raise first.exception or RoundFailed(f"round {server_round}: every client failed: {first.error}")
+            updates = {SECURE_MEAN: Update(deserialize(secure.update), secure.examples)}
+        arrived = len(secure.clients) if secure is not None else len(updates)
+        if replies and len(failed) == len(replies):  # a systematic error, not a client fault
+            first = next(iter(failed.values()))
+            raise first.exception or RoundFailed(
+                f"round {server_round}: every client failed: {first.message}")
         if arrived < job.min_clients:
             raise RoundFailed(f"round {server_round}: {arrived} update(s) arrived, fewer than "
                               f"federation.min_clients = {job.min_clients} (missing clients: {missing})")
         accepted, rejected = screen_updates(state, updates, job.max_norm_factor)
-        rejected = sorted(rejected + [{"client": cid, "reason": f"client failed: {e}"}
-                                      for cid, e in failed.items()], key=lambda r: r["client"])
+        rejected = sorted(rejected + [{"client": cid, "reason": f"client failed: {f.message}"}
+                                      for cid, f in failed.items()],
+                          key=lambda r: (isinstance(r["client"], str), r["client"]))
         if accepted:  # otherwise the global state (and the strategy's own state) stays as it was
             state = job.strategy.aggregate(state, accepted)
-        method.set_state(model, state)
+            method.adopt(model, state)
+        else:
+            method.set_state(model, state)
         metrics = job.evaluate(model)
-        examples = sum(o.examples for o in reported.values())
+        examples = sum(r.examples for r in reported.values())
         record = {
             "round": server_round,
             **metrics,
             # None: no update arrived
-            "train_loss": sum(o.local.loss * o.examples for o in reported.values()) / examples  # type: ignore[union-attr]
+            "train_loss": sum(r.local.loss * r.examples for r in reported.values()) / examples  # type: ignore[union-attr]
             if examples else None,
             "clients": len(sampled),
             "dropped": dropped,
@@ -179,12 +209,13 @@ def run_rounds(job: Job, train_clients: TrainClients) -> State:
             "accepted": arrived if secure is not None and accepted else len(accepted),
             "rejected": rejected,
             "bytes_down": len(down) * len(sampled),
-            "bytes_up": sum(o.sent if o.sent is not None else len(o.up or b"") for o in reported.values()),
-            "client_seconds": sum(o.local.seconds for o in trained.values()),  # type: ignore[union-attr]
+            "bytes_up": sum(r.sent if r.sent is not None else len(r.update or b"")
+                            for r in reported.values()),
+            "client_seconds": sum(r.local.seconds for r in trained.values()),  # type: ignore[union-attr]
             # model passes over single examples of the clients whose update arrived (see LocalResult)
-            "forward_passes": sum(o.local.forward_passes for o in reported.values()),  # type: ignore[union-attr]
-            "backward_passes": sum(o.local.backward_passes for o in reported.values()),  # type: ignore[union-attr]
-            **({"secure_aggregation": secure.summed} if secure is not None else {}),
+            "forward_passes": sum(r.local.forward_passes for r in reported.values()),  # type: ignore[union-attr]
+            "backward_passes": sum(r.local.backward_passes for r in reported.values()),  # type: ignore[union-attr]
+            **({"secure_aggregation": secure.clients} if secure is not None else {}),
             "round_seconds": time.perf_counter() - start,
             "peak_rss_mb": peak_rss_mb(),
             **job.strategy.round_record(),

@@ -15,9 +15,10 @@ from typing import Any
 
 import torch
 
-from fedcustom.core.types import State
+from fedcustom.core.types import State, Update
 
-Update = tuple[int, State, int]  # (client id, client state, number of training examples)
+Sender = int | str  # a client id, or SECURE_MEAN: the securely aggregated mean of several clients
+SECURE_MEAN = "secure mean"
 MIN_UPDATES_FOR_NORM_CHECK = 3  # the median of two is their mean: no outlier can stand out of it
 
 
@@ -45,31 +46,31 @@ def delta_norm(global_state: State, update: State) -> float:
 
 
 def screen_updates(
-    global_state: State, updates: list[Update], max_norm_factor: float
-) -> tuple[list[tuple[State, int]], list[dict[str, Any]]]:
-    """Split a round's updates into (accepted (state, examples) pairs, rejected {client, reason}).
+    global_state: State, updates: dict[Sender, Update], max_norm_factor: float
+) -> tuple[list[Update], list[dict[str, Any]]]:
+    """Split a round's updates by sender into (accepted updates, rejected {client, reason}).
 
     The norm check runs when max_norm_factor > 0 and at least three updates passed the structural
     checks: an update farther than max_norm_factor x the median distance is rejected. A median of
     zero (most clients sent the global state back unchanged) gives no scale, so nothing is cut.
     """
     rejected: list[dict[str, Any]] = []
-    valid: list[Update] = []
-    for cid, state, examples in updates:
-        problem = structural_problem(global_state, state)
+    valid: dict[Sender, Update] = {}
+    for sender, update in updates.items():
+        problem = structural_problem(global_state, update.state)
         if problem is None:
-            valid.append((cid, state, examples))
+            valid[sender] = update
         else:
-            rejected.append({"client": cid, "reason": problem})
+            rejected.append({"client": sender, "reason": problem})
     if max_norm_factor > 0 and len(valid) >= MIN_UPDATES_FOR_NORM_CHECK:
-        norms = [delta_norm(global_state, state) for _, state, _ in valid]
-        median = statistics.median(norms)
+        norms = {sender: delta_norm(global_state, u.state) for sender, u in valid.items()}
+        median = statistics.median(norms.values())
         limit = max_norm_factor * median
         if limit > 0:
-            for (cid, _, _), norm in zip(valid, norms, strict=True):
+            for sender, norm in norms.items():
                 if norm > limit:
                     reason = f"delta norm {norm:.4g} > {max_norm_factor:g} x the round's median {median:.4g}"
-                    rejected.append({"client": cid, "reason": reason})
-            valid = [u for u, norm in zip(valid, norms, strict=True) if norm <= limit]
-    rejected.sort(key=lambda r: r["client"])
-    return [(state, examples) for _, state, examples in valid], rejected
+                    rejected.append({"client": sender, "reason": reason})
+            valid = {sender: u for sender, u in valid.items() if norms[sender] <= limit}
+    rejected.sort(key=lambda r: (isinstance(r["client"], str), r["client"]))
+    return list(valid.values()), rejected

@@ -9,7 +9,7 @@ from __future__ import annotations
 
 from abc import ABC, abstractmethod
 from pathlib import Path
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -17,18 +17,13 @@ import torch.nn.functional as F
 from safetensors.torch import save_file
 from torch import nn
 
+from fedcustom.core.config import ModelConfig, TrainConfig
 from fedcustom.core.errors import UserError
-from fedcustom.core.types import State
-from fedcustom.data.batching import Batch
+from fedcustom.core.types import FitContext, LocalResult, State
+from fedcustom.data.batching import Batch, Encoded
 from fedcustom.methods.training import train_local
 from fedcustom.models.backbones import TaskModel, build_classifier
 from fedcustom.models.evaluation import evaluate_classifier
-
-if TYPE_CHECKING:
-    from fedcustom.core.config import ModelConfig, TrainConfig
-    from fedcustom.data.batching import Encoded
-    from fedcustom.methods.training import LocalResult
-
 
 
 class Method(ABC):
@@ -91,13 +86,20 @@ class Method(ABC):
                     )
                 param.copy_(state[name])
 
-    def fit(self, model: nn.Module, data: Encoded, rows: np.ndarray, cfg: TrainConfig, seed: int,
-            progress: str | None = None, cid: int = 0, **client_config: Any) -> LocalResult:
-        """Client `cid`'s local work on `rows` of `data`, in place on `model`. Gradient methods use
-        the shared loop (training.train_local); a method that trains differently (forward-only
+    def fit(self, model: nn.Module, data: Encoded, rows: np.ndarray, cfg: TrainConfig,
+            ctx: FitContext) -> LocalResult:
+        """Client ctx.cid's local work on `rows` of `data`, in place on `model`. Gradient methods
+        use the shared loop (training.train_local); a method that trains differently (forward-only
         search, distillation, per-client models) overrides this, and engines call nothing else."""
+        return train_local(model, self, data, rows, cfg, ctx.seed, progress=ctx.progress,
+                           instructions=ctx.instructions)
 
-        return train_local(model, self, data, rows, cfg, seed, progress=progress, **client_config)
+    def adopt(self, model: nn.Module, state: State) -> None:
+        """The server's step when a new global state exists (the start of a run, and after every
+        aggregation), before it is evaluated: load it into the model. A method whose server does
+        more (distillation trains its server model toward a new consensus) overrides this.
+        Clients receive the state with `set_state`."""
+        self.set_state(model, state)
 
     def loss(self, model: nn.Module, batch: Batch) -> torch.Tensor:
 

@@ -26,7 +26,7 @@ from torch import nn
 from fedcustom.core.config import TrainConfig, check, opt
 from fedcustom.core.errors import UserError
 from fedcustom.core.registry import METHODS
-from fedcustom.core.types import State
+from fedcustom.core.types import FitContext, LocalResult, State
 from fedcustom.data.batching import Encoded
 from fedcustom.methods.blackbox import (
     BlackBoxMethod,
@@ -35,7 +35,6 @@ from fedcustom.methods.blackbox import (
     accuracy_and_loss,
     hidden_states,
 )
-from fedcustom.methods.training import LocalResult
 
 
 @dataclass(frozen=True)
@@ -93,9 +92,10 @@ class Bbpt(BlackBoxMethod):
         model.exchanged = {"z": z.clone()}
         model.soft_prompt = model.prompt_init + (model.projection @ z).view_as(model.prompt_init)
 
-    def fit(self, model: nn.Module, data: Encoded, rows: np.ndarray, cfg: TrainConfig, seed: int,
-            progress: str | None = None, cid: int = 0, **client_config: Any) -> LocalResult:
+    def fit(self, model: nn.Module, data: Encoded, rows: np.ndarray, cfg: TrainConfig,
+            ctx: FitContext) -> LocalResult:
         start = time.perf_counter()
+        seed = ctx.seed
         sample = self.score_rows(rows, seed)
         o = self.options
 

@@ -13,24 +13,20 @@ from __future__ import annotations
 import json
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from fedcustom.core.config import check, opt
+from fedcustom.core.config import ModelConfig, check, opt
 from fedcustom.core.device import autocast, model_device
 from fedcustom.core.errors import UserError
 from fedcustom.core.types import State
-from fedcustom.data.batching import eval_batches
+from fedcustom.data.batching import Encoded, eval_batches
 from fedcustom.methods.base import Method
 from fedcustom.models.backbones import load_causal_lm
-
-if TYPE_CHECKING:
-    from fedcustom.core.config import ModelConfig
-    from fedcustom.data.batching import Encoded
 
 SENTIMENT_TEMPLATES = (
     "Review: {text}\nSentiment:",

@@ -5,16 +5,17 @@ unlabeled proxy set. Its size depends on the public set and the label count only
 run different models (a backbone cut to its first layers with LoRA, the full backbone with
 prefix-tuning, a bag-of-embeddings model...) and a bigger model costs no extra bytes.
 
-Protocol, in terms of the hooks the engines call (they know nothing else):
+Protocol, in terms of the hooks the round loop calls (it knows nothing else):
 - Clients are stateful devices: client `cid` owns a model built lazily from its spec
   (options.clients[cid % len]), kept here between rounds.
-- `set_state(model, state)` hands the method a consensus. A consensus it has not seen before is
-  distilled into the SERVER model (the shared `model`, the [model] backbone customized by
-  options.server_method), which is then evaluated like any method's global model. The same
-  consensus arriving again (each client's download of it) only becomes what the client received.
-  An all-zero consensus (the initial state) carries no knowledge: it resets the server model to
-  its initialization and drops the client models, so every mode of a run starts afresh.
-- `fit(..., cid)` is client cid's round: distill toward the consensus it received (skipped while
+- `adopt(model, state)` is the server's step on each new consensus (the round loop calls it at
+  the start and after every aggregation): the consensus is distilled into the SERVER model (the
+  shared `model`, the [model] backbone customized by options.server_method), which is then
+  evaluated like any method's global model. An all-zero consensus (the initial state) carries no
+  knowledge: it resets the server model to its initialization and drops the client models, so
+  every mode of a run starts afresh.
+- `set_state(model, state)` is a client's download: the consensus it received, nothing trained.
+- `fit(..., ctx)` is client ctx.cid's round: distill toward the consensus it received (skipped while
   that is all zeros), train on its private rows with the shared loop, then predict the public set.
 - `get_state` returns what the method currently holds: after fit, the client's predictions (the
   upload); otherwise the last consensus.
@@ -37,7 +38,7 @@ from fedcustom.core.config import ModelConfig, TrainConfig, check, opt
 from fedcustom.core.device import autocast, model_device
 from fedcustom.core.errors import UserError
 from fedcustom.core.registry import METHODS
-from fedcustom.core.types import State
+from fedcustom.core.types import FitContext, LocalResult, State
 from fedcustom.data.batching import Encoded, encode, eval_batches
 from fedcustom.methods.base import Method
 from fedcustom.methods.distill_parts import (
@@ -47,7 +48,7 @@ from fedcustom.methods.distill_parts import (
     load_public_texts,
     parse_spec,
 )
-from fedcustom.methods.training import LocalResult, train_local
+from fedcustom.methods.training import train_local
 from fedcustom.models.backbones import build_classifier
 
 CLIENT_STREAM = 7919  # keep these seeds apart from the engine's (seed, round, client) streams
@@ -119,7 +120,6 @@ class Distill(Method):
         self.server_method = METHODS.get(options.server_method)(
             METHODS.get(options.server_method).Options())
         self.clients: dict[int, ClientDevice] = {}
-        self.consensus: torch.Tensor | None = None  # the last consensus seen by set_state
         self.held: State = {}  # what get_state returns: a client's upload, or the consensus
         self.distillations = 0  # server distillations so far: part of each one's seed
 
@@ -152,9 +152,11 @@ class Distill(Method):
             raise UserError(f"distill state must be {{'logits': {tuple(self.held['logits'].shape)}}}, "
                             f"got {[(k, tuple(v.shape)) for k, v in state.items()]}")
         self.held = {"logits": logits.clone()}
-        if self.consensus is not None and torch.equal(logits, self.consensus):
-            return  # a client's download of the consensus the server already distilled
-        self.consensus = logits.clone()
+
+    def adopt(self, model: nn.Module, state: State) -> None:
+        """The server's step on a new consensus: distill it into the server model."""
+        self.set_state(model, state)
+        logits = self.held["logits"]
         if not logits.any():  # the initial state: start every model afresh
             self.server_method.set_state(model, self.server_initial)
             self.clients.clear()
@@ -170,25 +172,26 @@ class Distill(Method):
 
     # --- clients -------------------------------------------------------------------------------
 
-    def fit(self, model: nn.Module, data: Encoded, rows: np.ndarray, cfg: TrainConfig, seed: int,
-            progress: str | None = None, cid: int = 0, **client_config: Any) -> LocalResult:
+    def fit(self, model: nn.Module, data: Encoded, rows: np.ndarray, cfg: TrainConfig,
+            ctx: FitContext) -> LocalResult:
         """Client cid: distill toward the consensus it received, train on its own rows, predict the
         public set. The shared `model` (the server's) is not touched. `seconds` is the whole of it:
         building the client's model on first use, distilling, training and predicting."""
         start = time.perf_counter()
+        cid, seed = ctx.cid, ctx.seed
         device = self.device(cid, model_device(model))
         lr = device.spec.lr or cfg.lr
         received = self.held["logits"]
         steps, examples = 0, 0
         if received.any() and self.options.distill_epochs > 0:
-            scale = client_config.get("lr_scale", 1.0)
+            scale = ctx.instructions.lr_scale
             first = self.distill(device.model, device.method, device.public, received,
                                  self.options.distill_epochs, (self.options.distill_lr or lr) * scale,
                                  cfg.head_lr * scale, seed)
             steps, examples = first.steps, first.examples
         private = self.private_data(device, data)
         local = train_local(device.model, device.method, private, rows, replace(cfg, lr=lr), seed + 1,
-                            progress=progress, **client_config)
+                            progress=ctx.progress, instructions=ctx.instructions)
         with autocast(model_device(device.model), cfg.precision):
             self.held = {"logits": self.predict(device.model, device.public)}
         trained = examples + local.examples  # one forward and one backward each; predicting: forwards

@@ -17,7 +17,6 @@ from __future__ import annotations
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import torch
@@ -26,7 +25,7 @@ from torch import nn
 from fedcustom.core.config import TrainConfig
 from fedcustom.core.errors import UserError
 from fedcustom.core.registry import METHODS
-from fedcustom.core.types import State
+from fedcustom.core.types import FitContext, LocalResult, State
 from fedcustom.data.batching import Encoded
 from fedcustom.methods.blackbox import (
     BlackBoxMethod,
@@ -35,7 +34,6 @@ from fedcustom.methods.blackbox import (
     accuracy_and_loss,
     hidden_states,
 )
-from fedcustom.methods.training import LocalResult
 
 STATE_KEYS = {"candidates", "scores", "best", "pool_sizes"}
 
@@ -92,9 +90,10 @@ class PromptSearch(BlackBoxMethod):
         model.exchanged = {k: v.clone() for k, v in state.items()}
         model.choice = best.tolist()
 
-    def fit(self, model: nn.Module, data: Encoded, rows: np.ndarray, cfg: TrainConfig, seed: int,
-            progress: str | None = None, cid: int = 0, **client_config: Any) -> LocalResult:
+    def fit(self, model: nn.Module, data: Encoded, rows: np.ndarray, cfg: TrainConfig,
+            ctx: FitContext) -> LocalResult:
         start = time.perf_counter()
+        seed = ctx.seed
         sample = self.score_rows(rows, seed)
         candidates = model.exchanged["candidates"]
         scores = torch.zeros(len(candidates), dtype=torch.float64)

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import math
 import time
-from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
@@ -14,20 +13,10 @@ from tqdm.auto import tqdm
 
 from fedcustom.core.config import TrainConfig
 from fedcustom.core.device import autocast, model_device
+from fedcustom.core.types import Instructions, LocalResult
 from fedcustom.data.batching import Batch, Encoded, train_batches
 
-
-@dataclass(frozen=True)
-class LocalResult:
-    loss: float  # mean training loss over the local steps
-    steps: int
-    examples: int  # examples seen, epochs included
-    seconds: float
-    # Model passes over single examples: the compute of the local work, comparable across methods.
-    # Forward-only (black-box) methods count examples x prompts scored; the shared loop counts one
-    # forward and one backward per example seen. 0 where a method does not count.
-    forward_passes: int = 0
-    backward_passes: int = 0
+PLAIN = Instructions()  # no schedule, no proximal term
 
 
 class Trainable(Protocol):
@@ -67,24 +56,24 @@ def train_local(
     cfg: TrainConfig,
     seed: int,
     progress: str | None = None,
-    prox_mu: float = 0.0,
-    lr_scale: float = 1.0,
+    instructions: Instructions = PLAIN,
 ) -> LocalResult:
     """Train the method's tensors of `model` in place on `rows` of `data` for cfg.local_epochs.
 
     A fresh optimizer per call: clients are stateless between rounds. `seed` fixes the batch
     order and dropout, so the same (config, seed, round, client) gives the same update.
-    Keyword arguments after `progress` come from the engine each round: `lr_scale` multiplies the
-    learning rates (the round's schedule), and `prox_mu` > 0 (FedProx's client_config) adds
-    (mu/2)*||w - w_start||^2, w_start being the state on entry.
+    `instructions` come from the server each round: lr_scale multiplies the learning rates (the
+    round's schedule), and prox_mu > 0 (FedProx) adds (mu/2)*||w - w_start||^2, w_start being
+    the state on entry.
     The reported loss is the method's loss alone, comparable across strategies. Batches go to
     the model's device; cfg.precision 'bf16' runs the forward pass under bfloat16 autocast.
     """
     start = time.perf_counter()
     rng = np.random.default_rng(seed)
     torch.manual_seed(seed)
-    optimizer = make_optimizer(model, method, cfg, lr_scale)
+    optimizer = make_optimizer(model, method, cfg, instructions.lr_scale)
     params = [p for g in optimizer.param_groups for p in g["params"]]
+    prox_mu = instructions.prox_mu
     start_state = [p.detach().clone() for p in params] if prox_mu > 0 else []
     steps_per_epoch = -(-len(rows) // cfg.batch_size)
     bar = tqdm(total=steps_per_epoch * cfg.local_epochs, desc=progress, leave=False,

@@ -29,7 +29,7 @@ from fedcustom.core.types import State
 from fedcustom.data import load_task_data, partition_indices, partition_table
 from fedcustom.federation.attacks import Attack
 from fedcustom.federation.faults import Faults
-from fedcustom.federation.rounds import Client, Job
+from fedcustom.federation.rounds import Clients, Job
 from fedcustom.runs.results import RunWriter
 from fedcustom.runs.summary import headline_metric, side_by_side
 from fedcustom.strategies.fedavg import FedAvg, FedAvgOptions
@@ -105,15 +105,15 @@ def execute(cfg: ExperimentConfig, resume_dir: Path | None, log: Any,
         # runs in process whatever engine the federated mode uses.
         engine = ENGINES.get(cfg.engine if mode == "federated" else "simulation")()
         if mode == "federated":
-            clients = [Client(i, rows) for i, rows in enumerate(parts)]
+            n, labels = len(parts), len(data.label_names)
+            clients = Clients(model, method, train, list(parts), cfg.train, cfg.seed,
+                              Attack.from_config(cfg.attack, n, labels, cfg.seed),
+                              Faults(cfg.faults, n, labels, cfg.seed))
             strategy = STRATEGIES.get(cfg.strategy.name)(cfg.strategy.options)
             fraction = cfg.federation.fraction_fit
-            attack = Attack.from_config(cfg.attack, len(clients), len(data.label_names), cfg.seed)
-            faults = Faults(cfg.faults, len(clients), len(data.label_names), cfg.seed)
         else:
-            clients = [Client(0, np.arange(len(train)))]
-            strategy, fraction, attack = FedAvg(FedAvgOptions()), 1.0, Attack.none()
-            faults = Faults.none()
+            clients = Clients(model, method, train, [np.arange(len(train))], cfg.train, cfg.seed)
+            strategy, fraction = FedAvg(FedAvgOptions()), 1.0
         writer = RunWriter(run_dir / mode)
         start, state = 0, initial
         ckpt = writer.load_checkpoint()
@@ -127,10 +127,9 @@ def execute(cfg: ExperimentConfig, resume_dir: Path | None, log: Any,
             if on_record is not None:
                 on_record(mode, record)
 
-        job = Job(model, method, strategy, clients, train, cfg.train, cfg.federation.rounds,
-                  fraction, cfg.seed, evaluate, on_round, label=mode, start_round=start,
-                  initial_state=state, max_norm_factor=cfg.federation.max_norm_factor, attack=attack,
-                  faults=faults, min_clients=cfg.federation.min_clients if mode == "federated" else 0)
+        job = Job(clients, strategy, cfg.federation.rounds, fraction, evaluate, on_round, label=mode,
+                  start_round=start, initial_state=state, max_norm_factor=cfg.federation.max_norm_factor,
+                  min_clients=cfg.federation.min_clients if mode == "federated" else 0)
         final = engine.run(job)
         writer.save_final(method, model, final)
         return ModeResult(mode, writer.path, writer.records)

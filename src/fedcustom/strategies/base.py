@@ -11,9 +11,7 @@ from typing import Any, ClassVar
 
 import torch
 
-from fedcustom.core.types import State
-
-ClientResult = tuple[State, int]  # (client state, number of training examples)
+from fedcustom.core.types import Instructions, State, Update
 
 
 class Strategy(ABC):
@@ -29,12 +27,12 @@ class Strategy(ABC):
         self.options = options
 
     @abstractmethod
-    def aggregate(self, global_state: State, results: list[ClientResult]) -> State:
-        """The next global state from the current one and this round's client results."""
+    def aggregate(self, global_state: State, updates: list[Update]) -> State:
+        """The next global state from the current one and this round's accepted updates."""
 
-    def client_config(self, server_round: int) -> dict[str, Any]:
-        """Values clients need this round (e.g. a proximal coefficient)."""
-        return {}
+    def instruct(self, instructions: Instructions) -> Instructions:
+        """What clients are asked this round, given the round's defaults (FedProx adds its mu)."""
+        return instructions
 
     def round_record(self) -> dict[str, Any]:
         """Extra fields for the record of the round just aggregated (e.g. a privacy budget spent)."""
@@ -47,15 +45,15 @@ class Strategy(ABC):
         return None
 
 
-def weighted_mean(results: list[ClientResult]) -> State:
+def weighted_mean(updates: list[Update]) -> State:
     """Example-weighted mean of client states, accumulated in float64 for exactness."""
-    if not results:
+    if not updates:
         raise ValueError("cannot aggregate zero client results")
-    total = float(sum(n for _, n in results))
-    keys = results[0][0].keys()
+    total = float(sum(u.examples for u in updates))
+    first = updates[0].state
     out = {}
-    for key in keys:
-        acc = sum(state[key].double() * (n / total) for state, n in results)
-        out[key] = acc.to(results[0][0][key].dtype)  # type: ignore[union-attr]
+    for key in first:
+        acc = sum(u.state[key].double() * (u.examples / total) for u in updates)
+        out[key] = acc.to(first[key].dtype)  # type: ignore[union-attr]
     return out
 

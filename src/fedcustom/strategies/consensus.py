@@ -20,8 +20,8 @@ import torch
 
 from fedcustom.core.config import check, opt
 from fedcustom.core.registry import STRATEGIES
-from fedcustom.core.types import State
-from fedcustom.strategies.base import ClientResult, Strategy
+from fedcustom.core.types import State, Update
+from fedcustom.strategies.base import Strategy
 
 
 @dataclass(frozen=True)
@@ -62,15 +62,15 @@ class Consensus(Strategy):
     Options = ConsensusOptions
     options: ConsensusOptions
 
-    def aggregate(self, global_state: State, results: list[ClientResult]) -> State:
-        if not results:
-            raise ValueError("cannot aggregate zero client results")
+    def aggregate(self, global_state: State, updates: list[Update]) -> State:
+        if not updates:
+            raise ValueError("cannot aggregate zero client updates")
         t = self.options.temperature
-        counts = [float(n) if self.options.weight_by_examples else 1.0 for _, n in results]
+        counts = [float(u.examples) if self.options.weight_by_examples else 1.0 for u in updates]
         examples = torch.tensor(counts, dtype=torch.float64)
         out = {}
         for key, like in global_state.items():
-            logits = torch.stack([state[key].double() for state, _ in results])  # [clients, rows, labels]
+            logits = torch.stack([u.state[key].double() for u in updates])  # [clients, rows, labels]
             probs = torch.softmax(logits / t, dim=-1)
             weights = client_weights(probs, examples, self.options.confidence)
             if self.options.average == "logits":

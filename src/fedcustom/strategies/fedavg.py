@@ -13,8 +13,8 @@ import torch
 
 from fedcustom.core.config import check, opt
 from fedcustom.core.registry import STRATEGIES
-from fedcustom.core.types import State
-from fedcustom.strategies.base import ClientResult, Strategy, weighted_mean
+from fedcustom.core.types import State, Update
+from fedcustom.strategies.base import Strategy, weighted_mean
 
 
 @dataclass(frozen=True)
@@ -38,8 +38,8 @@ class FedAvg(Strategy):
         super().__init__(options)
         self.velocity: State = {}
 
-    def aggregate(self, global_state: State, results: list[ClientResult]) -> State:
-        mean = weighted_mean(results)
+    def aggregate(self, global_state: State, updates: list[Update]) -> State:
+        mean = weighted_mean(updates)
         lr, beta = self.options.server_lr, self.options.momentum
         out = {}
         for key, old in global_state.items():

@@ -19,8 +19,8 @@ import torch
 from fedcustom.core.config import check, opt
 from fedcustom.core.errors import UserError
 from fedcustom.core.registry import STRATEGIES
-from fedcustom.core.types import State
-from fedcustom.strategies.base import ClientResult, Strategy, weighted_mean
+from fedcustom.core.types import State, Update
+from fedcustom.strategies.base import Strategy, weighted_mean
 from fedcustom.strategies.fedavg import FedAvg, FedAvgOptions
 
 
@@ -99,8 +99,8 @@ class FedOpt(Strategy):
         self.pending = {}
         return optimizer
 
-    def aggregate(self, global_state: State, results: list[ClientResult]) -> State:
-        mean = weighted_mean(results)
+    def aggregate(self, global_state: State, updates: list[Update]) -> State:
+        mean = weighted_mean(updates)
         if self.optimizer is None or self.params.keys() != global_state.keys():
             self.optimizer = self.setup(global_state)
         with torch.no_grad():

@@ -7,11 +7,11 @@ itself lives in the shared training loop, which gets mu through client_config.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, replace
 
 from fedcustom.core.config import check, opt
 from fedcustom.core.registry import STRATEGIES
+from fedcustom.core.types import Instructions
 from fedcustom.strategies.fedavg import FedAvg, FedAvgOptions
 
 
@@ -30,5 +30,5 @@ class FedProx(FedAvg):
     Options = FedProxOptions
     options: FedProxOptions
 
-    def client_config(self, server_round: int) -> dict[str, Any]:
-        return {"prox_mu": self.options.mu}
+    def instruct(self, instructions: Instructions) -> Instructions:
+        return replace(instructions, prox_mu=self.options.mu)

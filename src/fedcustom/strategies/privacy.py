@@ -34,8 +34,7 @@ import torch
 
 from fedcustom.core.config import check, opt
 from fedcustom.core.registry import STRATEGIES
-from fedcustom.core.types import State
-from fedcustom.strategies.base import ClientResult
+from fedcustom.core.types import State, Update
 from fedcustom.strategies.fedavg import FedAvg, FedAvgOptions
 
 CENTRAL_STREAM = 0  # noise stream of the server's draw; client i of a round draws from stream i + 1
@@ -119,18 +118,18 @@ class DPFedAvg(FedAvg):
         self.releases = 0  # noisy aggregates released so far: the accountant's step count
         self.last: dict[str, Any] = {}
 
-    def aggregate(self, global_state: State, results: list[ClientResult]) -> State:
-        o, n = self.options, len(results)
+    def aggregate(self, global_state: State, updates: list[Update]) -> State:
+        o, n = self.options, len(updates)
         if n == 0:
-            raise ValueError("cannot aggregate zero client results")
+            raise ValueError("cannot aggregate zero client updates")
         if o.local:  # what each client would send; the server only averages
             z, c = o.noise_multiplier, o.clip_norm
-            sent = [privatize(global_state, state, c, z, o.seed, self.releases, i + 1)
-                    for i, (state, _) in enumerate(results)]
+            sent = [privatize(global_state, u.state, c, z, o.seed, self.releases, i + 1)
+                    for i, u in enumerate(updates)]
             mean = uniform_mean([delta_of(global_state, state) for state in sent])
             self.last = {"dp_noise_std": z * c / math.sqrt(n)}  # on the mean
         else:
-            deltas, clipped = zip(*(clip(delta_of(global_state, state), o.clip_norm) for state, _ in results),
+            deltas, clipped = zip(*(clip(delta_of(global_state, u.state), o.clip_norm) for u in updates),
                                   strict=True)
             std = o.noise_multiplier * o.clip_norm / n
             noise = gaussian(global_state, std, o.seed, self.releases, CENTRAL_STREAM)
@@ -139,7 +138,7 @@ class DPFedAvg(FedAvg):
             self.last = {"dp_clipped": sum(clipped), "dp_noise_std": std}
         self.releases += 1
         noisy = {k: (g.double() + mean[k]).to(g.dtype) for k, g in global_state.items()}
-        return super().aggregate(global_state, [(noisy, 1)])
+        return super().aggregate(global_state, [Update(noisy, 1)])
 
     def round_record(self) -> dict[str, Any]:
         record, self.last = self.last, {}

@@ -16,17 +16,17 @@ import torch
 from fedcustom.core.config import check, opt
 from fedcustom.core.errors import UserError
 from fedcustom.core.registry import STRATEGIES
-from fedcustom.core.types import State
-from fedcustom.strategies.base import ClientResult, Strategy
+from fedcustom.core.types import State, Update
+from fedcustom.strategies.base import Strategy
 
 Arrays = list[np.ndarray]
 
 
-def to_arrays(global_state: State, results: list[ClientResult]) -> list[tuple[Arrays, int]]:
+def to_arrays(global_state: State, updates: list[Update]) -> list[tuple[Arrays, int]]:
     """Client states as Flower's (ndarrays, num_examples) pairs, every client weighted 1."""
-    if not results:
-        raise ValueError("cannot aggregate zero client results")
-    return [([state[k].detach().cpu().double().numpy() for k in global_state], 1) for state, _ in results]
+    if not updates:
+        raise ValueError("cannot aggregate zero client updates")
+    return [([u.state[k].detach().cpu().double().numpy() for k in global_state], 1) for u in updates]
 
 
 def to_state(arrays: Arrays, like: State) -> State:
@@ -44,10 +44,10 @@ class Median(Strategy):
     summary = "coordinate-wise median of client states (unweighted by example count)"
     Options = MedianOptions
 
-    def aggregate(self, global_state: State, results: list[ClientResult]) -> State:
+    def aggregate(self, global_state: State, updates: list[Update]) -> State:
         from flwr.server.strategy.aggregate import aggregate_median
 
-        return to_state(aggregate_median(to_arrays(global_state, results)), global_state)
+        return to_state(aggregate_median(to_arrays(global_state, updates)), global_state)
 
 
 @dataclass(frozen=True)
@@ -65,10 +65,10 @@ class TrimmedMean(Strategy):
     Options = TrimmedMeanOptions
     options: TrimmedMeanOptions
 
-    def aggregate(self, global_state: State, results: list[ClientResult]) -> State:
+    def aggregate(self, global_state: State, updates: list[Update]) -> State:
         from flwr.server.strategy.aggregate import aggregate_trimmed_avg
 
-        arrays = aggregate_trimmed_avg(to_arrays(global_state, results), self.options.trim_fraction)
+        arrays = aggregate_trimmed_avg(to_arrays(global_state, updates), self.options.trim_fraction)
         return to_state(arrays, global_state)
 
 
@@ -91,10 +91,10 @@ class Krum(Strategy):
     Options = KrumOptions
     options: KrumOptions
 
-    def aggregate(self, global_state: State, results: list[ClientResult]) -> State:
+    def aggregate(self, global_state: State, updates: list[Update]) -> State:
         from flwr.server.strategy.aggregate import aggregate_krum
 
-        n, f, m = len(results), self.options.num_malicious, self.options.multi_krum
+        n, f, m = len(updates), self.options.num_malicious, self.options.multi_krum
         if n <= 2 * f + 2:
             raise UserError(
                 f"krum with strategy.num_malicious = {f} needs more than {2 * f + 2} clients per round, "
@@ -103,4 +103,4 @@ class Krum(Strategy):
         if m > n - f:
             raise UserError(f"strategy.multi_krum = {m}: expected at most clients per round - "
                             f"num_malicious = {n - f}")
-        return to_state(aggregate_krum(to_arrays(global_state, results), f, m), global_state)
+        return to_state(aggregate_krum(to_arrays(global_state, updates), f, m), global_state)

@@ -18,8 +18,8 @@ import torch
 
 from fedcustom.core.config import check, opt
 from fedcustom.core.registry import STRATEGIES
-from fedcustom.core.types import State
-from fedcustom.strategies.base import ClientResult, Strategy
+from fedcustom.core.types import State, Update
+from fedcustom.strategies.base import Strategy
 
 
 @dataclass(frozen=True)
@@ -35,14 +35,15 @@ class ScoreSearchOptions:
         check(0 <= self.template_rate <= 1, "template_rate", "a number in [0, 1]")
 
 
-def mean_scores(candidates: torch.Tensor, results: list[ClientResult]) -> tuple[torch.Tensor, int]:
-    """Example-weighted mean score per candidate (float64) over the results that scored exactly
-    `candidates`, and how many results were left out because they scored something else."""
-    usable = [(s["scores"].double(), n) for s, n in results if torch.equal(s["candidates"], candidates)]
+def mean_scores(candidates: torch.Tensor, updates: list[Update]) -> tuple[torch.Tensor, int]:
+    """Example-weighted mean score per candidate (float64) over the updates that scored exactly
+    `candidates`, and how many updates were left out because they scored something else."""
+    usable = [(u.state["scores"].double(), u.examples) for u in updates
+              if torch.equal(u.state["candidates"], candidates)]
     if not usable:
-        return torch.full((len(candidates),), float("nan"), dtype=torch.float64), len(results)
+        return torch.full((len(candidates),), float("nan"), dtype=torch.float64), len(updates)
     total = float(sum(n for _, n in usable))
-    return sum(scores * (n / total) for scores, n in usable), len(results) - len(usable)  # type: ignore[return-value]
+    return sum(scores * (n / total) for scores, n in usable), len(updates) - len(usable)  # type: ignore[return-value]
 
 
 def mutate(parent: list[int], pools: list[int], template_rate: float, rng: np.random.Generator) -> list[int]:
@@ -88,9 +89,9 @@ class ScoreSearch(Strategy):
         self.rounds_done = 0
         self.last: dict[str, Any] = {}
 
-    def aggregate(self, global_state: State, results: list[ClientResult]) -> State:
+    def aggregate(self, global_state: State, updates: list[Update]) -> State:
         candidates = global_state["candidates"]
-        scores, mismatched = mean_scores(candidates, results)
+        scores, mismatched = mean_scores(candidates, updates)
         self.rounds_done += 1
         if bool(torch.isnan(scores).all()):  # no client scored this set: keep everything as it was
             self.last = {"search_mismatched": mismatched}

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import fields, replace
 from functools import lru_cache
 from typing import Any
 
@@ -23,6 +24,7 @@ from fedcustom.core.config import DataConfig, ExperimentConfig, build
 from fedcustom.core.device import resolve_device
 from fedcustom.core.errors import UserError
 from fedcustom.core.registry import METHODS
+from fedcustom.core.types import Instructions
 from fedcustom.data import load_task_data, partition_indices
 from fedcustom.data.datasets import Table, TaskData, load_table, to_dataset
 from fedcustom.engines.flower.node import NODE_DATA_PATH, node_client_id
@@ -34,8 +36,7 @@ from fedcustom.engines.flower.secagg import (
 )
 from fedcustom.federation.attacks import Attack
 from fedcustom.federation.faults import Faults
-from fedcustom.federation.rounds import Client, Job, client_update
-from fedcustom.strategies.fedavg import FedAvg, FedAvgOptions
+from fedcustom.federation.rounds import Clients, client_update, fit_context
 from fedcustom.tasks import task_for
 
 
@@ -44,14 +45,11 @@ def config_from_text(text: str) -> ExperimentConfig:
 
 
 @lru_cache(maxsize=1)  # a long-lived client process (a Ray actor) keeps one model, for all its clients
-def client_job(config_text: str, label_names_json: str, data_path: str, cid: int) -> Job:
+def site_clients(config_text: str, label_names_json: str, data_path: str, cid: int) -> Clients:
     """The client's side of the experiment, built once per client process and config: the
     prepared model, the training data and the clients' rows. With a data path, client `cid` trains
     on every row of its own file; otherwise every client has its partition of the configured
-    dataset, exactly the rows the in-process engine gives it (pass cid = -1: the job serves all)."""
-    from dataclasses import replace
-
-
+    dataset, exactly the rows the in-process engine gives it (pass cid = -1: it serves all)."""
     cfg = config_from_text(config_text)
     label_names = json.loads(label_names_json)
     torch.set_num_threads(cfg.threads or os.cpu_count() or 1)
@@ -67,12 +65,11 @@ def client_job(config_text: str, label_names_json: str, data_path: str, cid: int
     model, tokenizer = task.build_model(method, cfg, data)
     method.prepare(model)
     model.to(resolve_device(cfg.device))  # a site's own GPU, if it has one (`device = "auto"`)
-    clients = [Client(i, rows) for i, rows in enumerate(rows_by_client)]
-    attack = Attack.from_config(cfg.attack, len(clients), len(label_names), cfg.seed)
-    faults = Faults(cfg.faults, len(clients), len(label_names), cfg.seed)
-    return Job(model, method, FedAvg(FedAvgOptions()), clients, task.encode(data.train, tokenizer, cfg),
-               cfg.train, cfg.federation.rounds, cfg.federation.fraction_fit, cfg.seed,
-               lambda _m: {}, lambda _r, _s: None, attack=attack, faults=faults)
+    n = len(rows_by_client)
+    train = task.encode(data.train, tokenizer, cfg)
+    return Clients(model, method, train, rows_by_client, cfg.train, cfg.seed,
+                   attack=Attack.from_config(cfg.attack, n, len(label_names), cfg.seed),
+                   faults=Faults(cfg.faults, n, len(label_names), cfg.seed))
 
 
 def site_data(cfg: DataConfig, label_names: list[str]) -> TaskData:
@@ -89,31 +86,32 @@ def site_data(cfg: DataConfig, label_names: list[str]) -> TaskData:
     return TaskData(cfg.dataset, train, train, None, label_names)
 
 
-def node_job(config: dict[str, Any], context: Context) -> tuple[Job, int]:
+def node_clients(config: dict[str, Any], context: Context) -> tuple[Clients, int]:
     cid = node_client_id(context)
     data_path = str(context.node_config.get(NODE_DATA_PATH, ""))
     text, labels = str(config["experiment"]), str(config["label-names"])
-    return client_job(text, labels, data_path, cid if data_path else -1), cid
+    return site_clients(text, labels, data_path, cid if data_path else -1), cid
 
 
 def train(msg: Message, context: Context) -> Message:
     """One client's round on a SuperNode (fedcustom.apps.clientapp's train handler)."""
     secure = is_secure_fit(msg)
     config = read_secure_config(msg) if secure else dict(msg.content["config"])
-    job, cid = node_job(config, context)
+    clients, cid = node_clients(config, context)
     server_round = int(config.pop("server-round"))
-    for key in ("experiment", "label-names", "client-id"):
-        config.pop(key, None)
+    instructions = Instructions(**{f.name: config[f.name] for f in fields(Instructions)})
     if secure:
-        state = read_secure_state(msg, job.method.get_state(job.model))
+        state = read_secure_state(msg, clients.method.get_state(clients.model))
     else:
         state = dict(msg.content["arrays"].to_torch_state_dict())
-    update, local = client_update(job, cid, state, server_round, config)
-    metrics = {"num-examples": len(job.clients[cid].rows), "loss": local.loss, "steps": local.steps,
+    ctx = fit_context(clients.seed, server_round, cid, instructions)
+    update, local = client_update(clients, state, ctx)
+    examples = len(clients.rows[cid])
+    metrics = {"num-examples": examples, "loss": local.loss, "steps": local.steps,
                "examples": local.examples, "seconds": local.seconds, "forward-passes": local.forward_passes,
                "backward-passes": local.backward_passes}
     if secure:  # the SecAgg+ mod masks the delta before it leaves
         delta = {k: update[k] - state[k] for k in state}
-        return secure_fit_reply(msg, delta, len(job.clients[cid].rows), metrics)
+        return secure_fit_reply(msg, delta, examples, metrics)
     content = RecordDict({"arrays": ArrayRecord(update), "metrics": MetricRecord(metrics)})
     return Message(content, reply_to=msg)

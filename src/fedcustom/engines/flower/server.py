@@ -19,7 +19,7 @@ from __future__ import annotations
 import json
 import time
 from contextvars import ContextVar
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -32,13 +32,12 @@ from fedcustom.core.errors import UserError
 from fedcustom.core.io import new_run_dir
 from fedcustom.core.payload import deserialize, serialize
 from fedcustom.core.registry import ENGINES
-from fedcustom.core.types import State
+from fedcustom.core.types import Instructions, LocalResult, State
 from fedcustom.engines.base import Engine
 from fedcustom.engines.flower.client import config_from_text
 from fedcustom.engines.flower.deploy import CLIENT_APP, SERVER_APP, load_app, run_local
 from fedcustom.engines.flower.secagg import AuditedGrid, secure_round
-from fedcustom.federation.rounds import SECURE_SUM, ClientOutcome, Job, run_rounds
-from fedcustom.methods.training import LocalResult
+from fedcustom.federation.rounds import Failure, Job, Reply, RoundReplies, SecureMean, run_rounds
 
 # Reply errors that mean "no answer from this node", as opposed to the client failing.
 UNREACHABLE = {ErrorCode.NODE_UNAVAILABLE, ErrorCode.MESSAGE_UNAVAILABLE, ErrorCode.REPLY_MESSAGE_UNAVAILABLE}
@@ -114,59 +113,60 @@ class FlowerEngine(Engine):
             time.sleep(0.5)
 
     def run(self, job: Job) -> State:
-        self.discover(len(job.clients), self.cfg.flower.connect_timeout)
-        print(f"flower: {len(self.nodes)} of {len(job.clients)} clients connected", flush=True)
+        num_clients = len(job.clients)
+        self.discover(num_clients, self.cfg.flower.connect_timeout)
+        print(f"flower: {len(self.nodes)} of {num_clients} clients connected", flush=True)
 
         def train_clients(server_round: int, down: bytes, cids: list[int],
-                          client_config: dict[str, Any]) -> dict[int, ClientOutcome]:
-            if len(self.nodes) < len(job.clients):
-                self.discover(len(job.clients), 0)  # a restarted SuperNode comes back here
+                          instructions: Instructions) -> RoundReplies:
+            if len(self.nodes) < num_clients:
+                self.discover(num_clients, 0)  # a restarted SuperNode comes back here
             state = deserialize(down)
             if self.cfg.flower.secure_aggregation:
-                return self.secure_round(job, server_round, state, cids, client_config)
-            outcomes = {cid: ClientOutcome(missing=True) for cid in cids}
+                return self.secure_round(job, server_round, state, cids, instructions)
+            replies = {cid: Reply(missing=True) for cid in cids}
             sent = {cid: self.message(self.nodes[cid], "train",
-                                      {"server-round": server_round, "client-id": cid, **client_config},
+                                      {"server-round": server_round, "client-id": cid,
+                                       **asdict(instructions)},
                                       state)
                     for cid in cids if cid in self.nodes}
-            replies = self.grid.send_and_receive(list(sent.values()), timeout=self.cfg.flower.round_timeout)
+            answers = self.grid.send_and_receive(list(sent.values()), timeout=self.cfg.flower.round_timeout)
             # Replies name the message they answer (an error made by the SuperLink for a dead node
             # comes from the SuperLink, not from the node); sending gave each message its id.
             by_message = {msg.metadata.message_id: cid for cid, msg in sent.items()}
-            for reply in replies:
-                cid = by_message[reply.metadata.reply_to_message_id]
-                if reply.has_error():
-                    if reply.error.code not in UNREACHABLE:
-                        outcomes[cid] = ClientOutcome(error=reply.error.reason)
+            for answer in answers:
+                cid = by_message[answer.metadata.reply_to_message_id]
+                if answer.has_error():
+                    if answer.error.code not in UNREACHABLE:
+                        replies[cid] = Reply(failure=Failure(answer.error.reason))
                     continue
-                metrics = reply.content["metrics"]
-                update = dict(reply.content["arrays"].to_torch_state_dict())
-                outcomes[cid] = ClientOutcome(serialize(update), local_result(metrics),
-                                              int(metrics["num-examples"]))
-            return outcomes
+                metrics = answer.content["metrics"]
+                update = dict(answer.content["arrays"].to_torch_state_dict())
+                replies[cid] = Reply(serialize(update), local_result(metrics), int(metrics["num-examples"]))
+            return RoundReplies(replies)
 
         return run_rounds(job, train_clients)
 
     def secure_round(self, job: Job, server_round: int, state: State, cids: list[int],
-                     client_config: dict[str, Any]) -> dict[int, ClientOutcome]:
+                     instructions: Instructions) -> RoundReplies:
         """SecAgg+: per client only metrics; the update is the mean of all (see secagg.py)."""
         config = {"experiment": self.deployment.config_text,
                   "label-names": json.dumps(self.deployment.label_names),
-                  "server-round": server_round, **client_config}
-        max_weight = max(len(c.rows) for c in job.clients)  # the largest client's share: full precision
+                  "server-round": server_round, **asdict(instructions)}
+        max_weight = max(len(rows) for rows in job.clients.rows)  # the largest client's share: full precision
         self.grid.sent.clear()
         flower = self.cfg.flower
         mean_delta, fitres = secure_round(self.grid, self.deployment.context, self.nodes, cids, state, config,
                                           max_weight, flower.secagg_clip, flower.round_timeout)
-        outcomes = {cid: ClientOutcome(missing=True) for cid in cids}
+        replies = {cid: Reply(missing=True) for cid in cids}
         for cid, res in fitres.items():
-            outcomes[cid] = ClientOutcome(None, local_result(res.metrics), res.num_examples,
-                                          sent=self.grid.sent.get(self.nodes[cid], 0))
-        if mean_delta is not None:
-            mean = {k: state[k] + mean_delta[k] for k in state}
-            examples = sum(r.num_examples for r in fitres.values())
-            outcomes[SECURE_SUM] = ClientOutcome(serialize(mean), None, examples, summed=sorted(fitres))
-        return outcomes
+            replies[cid] = Reply(None, local_result(res.metrics), res.num_examples,
+                                 sent=self.grid.sent.get(self.nodes[cid], 0))
+        if mean_delta is None:
+            return RoundReplies(replies)
+        mean = {k: state[k] + mean_delta[k] for k in state}
+        examples = sum(r.num_examples for r in fitres.values())
+        return RoundReplies(replies, SecureMean(serialize(mean), examples, sorted(fitres)))
 
 
 def local_result(metrics: Any) -> LocalResult:

@@ -1,5 +1,6 @@
-"""The contract every registered method passes, on a tiny model: state round-trip, frozen base
-unchanged by training, identity aggregation, a 2-client x 2-round run, a loadable export."""
+"""The gradient methods' contract on a tiny encoder, beyond tests/test_method_contract.py:
+identical outputs after a state round-trip, every exchanged tensor moves in training and the
+frozen base does not, identity aggregation, a 2-client x 2-round run, a loadable export."""
 
 from __future__ import annotations
 
@@ -10,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 from contract_checks import assert_training_changes_the_state_and_nothing_else
+from helpers import updates
 from safetensors.torch import load_file
 
 from fedcustom.core.config import ConfigError, ExperimentConfig, ModelConfig, build
@@ -83,7 +85,7 @@ def test_fedavg_of_identical_states_is_the_identity(tiny_model_dir: Path, name: 
     model, _, method = prepared(tiny_model_dir, name, seed=0)
     perturb(model, method)
     state = method.get_state(model)
-    out = FedAvg(FedAvgOptions()).aggregate(state, [(state, 3), (dict(state), 7)])
+    out = FedAvg(FedAvgOptions()).aggregate(state, updates([(state, 3), (dict(state), 7)]))
     assert set(out) == set(state)
     assert all(out[k].dtype == v.dtype and torch.equal(out[k], v) for k, v in state.items())
 

@@ -12,6 +12,7 @@ import numpy as np
 import pytest
 import torch
 from contract_checks import assert_training_changes_the_state_and_nothing_else
+from helpers import updates
 
 from fedcustom.core.config import GenerationConfig, ModelConfig, build
 from fedcustom.core.payload import deserialize, serialize
@@ -81,7 +82,7 @@ def test_fedavg_of_identical_states_is_the_identity(tiny_llama_dir: Path, name: 
     model, method = prepared(tiny_llama_dir, name, seed=0)
     perturb(model, method)
     state = method.get_state(model)
-    out = FedAvg(FedAvgOptions()).aggregate(state, [(state, 3), (dict(state), 7)])
+    out = FedAvg(FedAvgOptions()).aggregate(state, updates([(state, 3), (dict(state), 7)]))
     assert all(torch.equal(out[k], v) for k, v in state.items())
 
 
