@@ -34,7 +34,7 @@ CASES: dict[str, tuple[str | None, list[str]]] = {
     "lora": (None, SMALL + ["method.name=lora"]),
     "prompt": (None, SMALL + ["method.name=prompt"]),
     "full": (None, SMALL + ["method.name=full"]),
-    "distill": (None, SMALL + ["method.name=distill", "method.public_size=32",
+    "distill": (None, SMALL + ["method.name=distill", "method.public_size=32", "strategy.name=consensus",
                                "method.clients=['model=minilm layers=3 method=lora','model=bow dim=16']"]),
     "prefix-fedprox": (None, SMALL + ["strategy.name=fedprox", "strategy.mu=0.1"]),
     "prefix-fedadam": (None, SMALL + ["strategy.name=fedadam"]),
@@ -71,7 +71,10 @@ def run(src: Path, out: Path, only: list[str]) -> None:
             args += ["--set", s]
         print(f"== {name}", flush=True)
         with open(out / f"{name}.log", "w") as log:
-            subprocess.run(args, env=env, check=True, stdout=log, stderr=subprocess.STDOUT)
+            failed = subprocess.run(args, env=env, stdout=log, stderr=subprocess.STDOUT).returncode
+        if failed:
+            print(f"   FAILED (exit {failed}): see {out / name}.log", flush=True)
+            continue
         (run_dir,) = [p for p in out.glob(f"{name}-*") if p.is_dir()]
         run_dir.rename(out / name)
 

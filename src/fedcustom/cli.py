@@ -10,6 +10,7 @@ from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+from fedcustom import __version__
 from fedcustom.core.errors import UserError
 
 if TYPE_CHECKING:
@@ -90,6 +91,7 @@ def cmd_methods(args: argparse.Namespace) -> None:
 
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="fedcustom", description="Federated customization of large models.")
+    p.add_argument("--version", action="version", version=f"fedcustom {__version__}")
     sub = p.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="run an experiment from a TOML config")
     run.add_argument("config", nargs="?", help="experiment TOML file")

@@ -9,6 +9,7 @@ table are that component's own options dataclass.
 from __future__ import annotations
 
 import math
+import tomllib
 import typing
 from collections.abc import Mapping
 from dataclasses import MISSING, asdict, dataclass, field, fields, is_dataclass
@@ -16,7 +17,6 @@ from pathlib import Path
 from typing import Any, Literal
 
 import tomli_w
-import tomllib
 
 from fedcustom.core.device import DEVICE_PATTERN
 from fedcustom.core.errors import UserError
@@ -149,9 +149,23 @@ class FederationConfig:
     min_clients: int = opt(
         0, "a round in which fewer client updates arrive stops the run after its last checkpoint, to "
            "be resumed (0: no minimum; a round nobody reports in keeps the global state)")
+    eval_every: int = opt(
+        1, "federated and local modes: evaluate on the held-out splits every this many rounds, and always "
+           "before the first and after the last (1: every round; other rounds' records carry no metrics). "
+           "Centralized runs evaluate every round (epoch)")
+    local_clients: int = opt(
+        0, "local mode: train and evaluate this many clients, a sample drawn from the seed (0: all); "
+           "its records are means over them")
+    centralized_patience: int = opt(
+        0, "centralized mode: stop once validation accuracy has not improved for this many evaluations "
+           "(early stopping, so the baseline is a converged reference; needs data.validation_fraction "
+           "> 0; 0: train all rounds)")
 
     def __post_init__(self) -> None:
         check(self.rounds >= 1, "rounds", "an integer >= 1")
+        check(self.eval_every >= 1, "eval_every", "an integer >= 1")
+        check(self.centralized_patience >= 0, "centralized_patience", "an integer >= 0")
+        check(self.local_clients >= 0, "local_clients", "an integer >= 0")
         check(self.min_clients >= 0, "min_clients", "an integer >= 0")
         check(0 < self.fraction_fit <= 1, "fraction_fit", "a number in (0, 1]")
         check(self.max_norm_factor == 0 or self.max_norm_factor >= 1, "max_norm_factor",
@@ -225,14 +239,17 @@ class ComponentSpec:
     options: Any
 
 
-MODES = ("federated", "centralized")
+# federated: the clients train together through the strategy; centralized: one client holds all
+# training data (the reference); local: every client trains alone on its own data (no federation)
+MODES = ("federated", "centralized", "local")
 
 
 @dataclass(frozen=True)
 class ExperimentConfig:
     name: str = opt("experiment", "run name; the run folder is OUTPUT_DIR/NAME")
     seed: int = opt(0, "seed of client sampling, shuffling and initialization")
-    modes: tuple[str, ...] = opt(("federated",), "what to run: federated and/or centralized")
+    modes: tuple[str, ...] = opt(("federated",), "what to run: federated, centralized and/or local "
+                                                  "(each client alone on its own data)")
     engine: str = opt("simulation", "where clients run")
     output_dir: str = opt("runs", "folder that receives the run folder")
     threads: int = opt(0, "torch CPU threads (0: all cores)")
@@ -254,7 +271,8 @@ class ExperimentConfig:
         check(bool(self.modes) and set(self.modes) <= set(MODES), "modes",
               f"a non-empty list drawn from {list(MODES)}")
         check(self.threads >= 0, "threads", "an integer >= 0")
-
+        check(self.federation.centralized_patience == 0 or self.data.validation_fraction > 0,
+              "federation.centralized_patience", "0 without a validation split (data.validation_fraction)")
         check(bool(DEVICE_PATTERN.match(self.device)), "device", "auto, cpu, cuda or cuda:N")
         check(bool(self.name) and "/" not in self.name, "name", "a non-empty name without '/'")
 
@@ -318,8 +336,22 @@ def build(cls: type, raw: Any, where: str = "") -> Any:
     try:
         return cls(**kwargs)
     except FieldError as e:
-        got = kwargs.get(e.name, getattr(cls, e.name, None))
+        got = given(cls, kwargs, e.name)
         raise ConfigError(f"{where}{e.name} = {got!r}: expected {e.expected}") from None
+
+
+def given(cls: type, kwargs: dict[str, Any], name: str) -> Any:
+    """The value of field `name` (dotted: a field of a section) that cls(**kwargs) was given."""
+    head, *rest = name.split(".")
+    if head in kwargs:
+        value = kwargs[head]
+    else:
+        f = next((f for f in fields(cls) if f.name == head), None)
+        value = None if f is None else f.default if f.default is not MISSING else (
+            f.default_factory() if f.default_factory is not MISSING else None)
+    for part in rest:
+        value = getattr(value, part, None)
+    return value
 
 
 def coerce(value: Any, hint: Any, key: str) -> Any:

@@ -72,6 +72,20 @@ class Job:
     initial_state: State | None = None  # None: the model's current state
     max_norm_factor: float = 10.0  # see screening.screen_updates
     min_clients: int = 0  # a round with fewer updates than this fails the run (0: no minimum)
+    eval_every: int = 1  # evaluate after every this many rounds (and always after the last)
+    # stop once val_accuracy has not improved for this many evaluations (0: never); `history` holds
+    # the records of rounds before start_round, so a resumed run decides as an uninterrupted one
+    patience: int = 0
+    history: list[dict[str, Any]] = field(default_factory=list)
+
+    def evaluates(self, server_round: int) -> bool:
+        return evaluated(server_round, self.eval_every, self.rounds)
+
+
+def evaluated(server_round: int, every: int, rounds: int) -> bool:
+    """Is `server_round` of `rounds` evaluated, at one evaluation every `every` rounds? The last
+    always is (round 0, before training, too: run_rounds evaluates it before the loop)."""
+    return server_round % every == 0 or server_round == rounds
 
 
 @dataclass(frozen=True)
@@ -150,15 +164,30 @@ def fit_context(seed: int, server_round: int, cid: int, instructions: Instructio
     return FitContext(cid, server_round, client_seed(seed, server_round, cid), instructions)
 
 
+def stalled(records: list[dict[str, Any]], patience: int) -> bool:
+    """Early stopping: the last `patience` evaluations of val_accuracy all came after its best."""
+    values = [r["val_accuracy"] for r in records if "val_accuracy" in r]
+    if patience <= 0 or not values:
+        return False
+    best = values.index(max(values))  # the earliest best
+    return len(values) - 1 - best >= patience
+
+
 def run_rounds(job: Job, train_clients: TrainClients) -> State:
-    """The server's loop: rounds start_round+1 .. rounds, job.on_round after each; the final state."""
+    """The server's loop: rounds start_round+1 .. rounds, job.on_round after each; the final state.
+    Rounds that job.evaluates() get the held-out metrics; early stopping (job.patience) may end
+    the loop before the last round."""
     clients = job.clients
     method, model = clients.method, clients.model
     state = method.get_state(model) if job.initial_state is None else job.initial_state
     method.adopt(model, state)
+    history = list(job.history)
     if job.start_round == 0:
-        job.on_round({"round": 0, **job.evaluate(model), **clients.attack.describe(),
-                      **clients.faults.describe()}, state)
+        record = {"round": 0, **job.evaluate(model), **clients.attack.describe(), **clients.faults.describe()}
+        history.append(record)
+        job.on_round(record, state)
+    if stalled(history, job.patience):
+        return state  # a resumed run that had already stopped early
     rounds = tqdm(range(job.start_round + 1, job.rounds + 1), desc=job.label, unit="round",
                   initial=job.start_round, total=job.rounds)
     for server_round in rounds:
@@ -194,7 +223,7 @@ def run_rounds(job: Job, train_clients: TrainClients) -> State:
             method.adopt(model, state)
         else:
             method.set_state(model, state)
-        metrics = job.evaluate(model)
+        metrics = job.evaluate(model) if job.evaluates(server_round) else {}
         examples = sum(r.examples for r in reported.values())
         record = {
             "round": server_round,
@@ -221,5 +250,10 @@ def run_rounds(job: Job, train_clients: TrainClients) -> State:
             **job.strategy.round_record(),
         }
         rounds.set_postfix({k: round(v, 4) for k, v in metrics.items() if "accuracy" in k})
+        history.append(record)
+        if stalled(history, job.patience):
+            record["early_stop"] = True  # the last round of this run
         job.on_round(record, state)
+        if record.get("early_stop"):
+            break
     return state

@@ -12,12 +12,12 @@ the server tokenizer's vocabulary), `layers` (keep the backbone's first N layers
 
 from __future__ import annotations
 
+import tomllib
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
 import numpy as np
-import tomllib
 import torch
 import torch.nn.functional as F
 from torch import nn

@@ -11,6 +11,7 @@ same numbers and final state as a run that was never interrupted.
 
 from __future__ import annotations
 
+import json
 import os
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -29,7 +30,8 @@ from fedcustom.core.types import State
 from fedcustom.data import load_task_data, partition_indices, partition_table
 from fedcustom.federation.attacks import Attack
 from fedcustom.federation.faults import Faults
-from fedcustom.federation.rounds import Clients, Job
+from fedcustom.federation.local import local_records, local_sample, train_alone
+from fedcustom.federation.rounds import Clients, Job, evaluated
 from fedcustom.runs.results import RunWriter
 from fedcustom.runs.summary import headline_metric, side_by_side
 from fedcustom.strategies.fedavg import FedAvg, FedAvgOptions
@@ -100,7 +102,36 @@ def execute(cfg: ExperimentConfig, resume_dir: Path | None, log: Any,
             out.update({f"{split}_{k}": v for k, v in metrics.items()})
         return out
 
+    def run_local() -> ModeResult:
+        """Every client alone (federation/local.py); each finished client is saved, so a resumed
+        run goes on with the next one. rounds.jsonl is written once all clients are done."""
+        path = run_dir / "local"
+        path.mkdir(parents=True, exist_ok=True)
+        saved = path / "clients.json"
+        per_client = {int(c): {int(r): m for r, m in rounds.items()}
+                      for c, rounds in json.loads(saved.read_text()).items()} if saved.is_file() else {}
+        clients = Clients(model, method, train, list(parts), cfg.train, cfg.seed)
+        rounds = cfg.federation.rounds
+        method.set_state(model, initial)
+        start_metrics = evaluate(model)
+        for cid in local_sample(len(parts), cfg.federation.local_clients, cfg.seed):
+            if cid in per_client:
+                continue
+            per_client[cid] = train_alone(clients, cid, initial, rounds,
+                                          lambda r: evaluated(r, cfg.federation.eval_every, rounds), evaluate)
+            atomic_write(saved, json.dumps(per_client))
+            log(f"local: client {cid} done")
+        writer = RunWriter(path)
+        writer.records = local_records(per_client, {c: len(rows) for c, rows in enumerate(parts)},
+                                       start_metrics)
+        writer.write_records()
+        for record in writer.records if on_record is not None else []:
+            on_record("local", record)
+        return ModeResult("local", path, writer.records)
+
     def run_mode(mode: str) -> ModeResult:
+        if mode == "local":
+            return run_local()
         # The centralized baseline holds all training data in one place: it never federates, so it
         # runs in process whatever engine the federated mode uses.
         engine = ENGINES.get(cfg.engine if mode == "federated" else "simulation")()
@@ -129,7 +160,10 @@ def execute(cfg: ExperimentConfig, resume_dir: Path | None, log: Any,
 
         job = Job(clients, strategy, cfg.federation.rounds, fraction, evaluate, on_round, label=mode,
                   start_round=start, initial_state=state, max_norm_factor=cfg.federation.max_norm_factor,
-                  min_clients=cfg.federation.min_clients if mode == "federated" else 0)
+                  min_clients=cfg.federation.min_clients if mode == "federated" else 0,
+                  eval_every=cfg.federation.eval_every if mode == "federated" else 1,
+                  patience=cfg.federation.centralized_patience if mode == "centralized" else 0,
+                  history=list(ckpt.records) if ckpt is not None else [])
         final = engine.run(job)
         writer.save_final(method, model, final)
         return ModeResult(mode, writer.path, writer.records)

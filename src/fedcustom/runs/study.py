@@ -61,7 +61,10 @@ class Run:
     config: ExperimentConfig
 
     def done(self, study_dir: Path) -> bool:
-        return (study_dir / "runs" / self.id / self.mode / "state.safetensors").is_file()
+        folder = study_dir / "runs" / self.id / self.mode
+        # a local run has no global state: its records are written once every client is done
+        return (folder / "state.safetensors").is_file() or (
+            self.mode == "local" and (folder / "rounds.jsonl").is_file())
 
 
 @dataclass

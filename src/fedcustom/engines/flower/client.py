@@ -11,12 +11,12 @@ from __future__ import annotations
 
 import json
 import os
+import tomllib
 from dataclasses import fields, replace
 from functools import lru_cache
 from typing import Any
 
 import numpy as np
-import tomllib
 import torch
 from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
 

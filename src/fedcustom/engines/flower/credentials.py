@@ -40,7 +40,7 @@ def pem_key(key: ec.EllipticCurvePrivateKey) -> bytes:
 
 def make_certificates(folder: Path, hosts: list[str], days: int = 365) -> list[Path]:
     """A CA and a SuperLink certificate valid for `hosts` (DNS names or IP addresses)."""
-    now = datetime.datetime.now(datetime.timezone.utc)
+    now = datetime.datetime.now(datetime.UTC)
     validity = {"not_valid_before": now - datetime.timedelta(minutes=5),
                 "not_valid_after": now + datetime.timedelta(days=days)}
     ca_key = ec.generate_private_key(ec.SECP384R1())
