@@ -79,9 +79,10 @@ def partition_indices(
     len(train) // num_clients rows, the first len(train) % num_clients clients one more, and
     skews only the label mix: each client draws label weights from Dirichlet(alpha), then rows
     are dealt one at a time to a random client that is not yet full, with a label drawn from its
-    weights. A label that runs out gets weight 0 and the client's other weights are rescaled. At
-    a small alpha a client's draw can be exactly 0 on every label that is left; then it cannot be
-    filled and the split is a UserError (use a larger alpha or fewer clients).
+    weights. A label that runs out gets weight 0 and the client's other weights are rescaled.
+    Below alpha 0.1 numpy's Dirichlet draws can hold exact zeros (from 0.1 up they hold none), so
+    a client's weights can be 0 on every label that is left: it cannot be filled and the split is
+    a UserError (use a larger alpha).
     """
     n = len(train)
     if n < cfg.num_clients * cfg.min_size:
