@@ -7,7 +7,16 @@ from pathlib import Path
 import pytest
 
 from fedcustom.cli import main
-from fedcustom.core.config import ConfigError, ExperimentConfig, build, dumps, load_config, read_toml
+from fedcustom.core.config import (
+    ConfigError,
+    ExperimentConfig,
+    PartitionConfig,
+    build,
+    describe,
+    dumps,
+    load_config,
+    read_toml,
+)
 from fedcustom.core.errors import UserError
 
 
@@ -31,7 +40,8 @@ def test_defaults_build_and_round_trip_through_toml(tmp_path: Path) -> None:
         ({"federation": {"fraction_fit": 1.5}}, "fraction_fit = 1.5: expected a number in (0, 1]"),
         ({"partition": {"alpha": 0.0}}, "partition.alpha = 0.0: expected a number > 0"),
         ({"partition": {"num_clients": 0}}, "partition.num_clients = 0"),
-        ({"partition": {"scheme": "zipf"}}, "partition.scheme = 'zipf': expected one of"),
+        ({"partition": {"scheme": "zipf"}},
+         "partition.scheme = 'zipf': expected one of ['iid', 'dirichlet', 'dirichlet-balanced', 'shard']"),
         ({"method": {"name": "nope"}}, "unknown method 'nope'; expected one of: "),
         ({"method": {"name": "prefix", "rank": 8}}, "unknown key 'method.rank'"),
         ({"strategy": {"name": "fedavg", "momentum": 1.0}}, "strategy.momentum = 1.0"),
@@ -47,6 +57,13 @@ def test_bad_values_name_the_key(raw: dict, message: str) -> None:
         build(ExperimentConfig, raw)
     assert message in str(err.value)
     assert "\n" not in str(err.value)
+
+
+def test_every_partition_scheme_builds_and_its_help_says_what_it_does() -> None:
+    for scheme in ("iid", "dirichlet", "dirichlet-balanced", "shard"):
+        assert build(ExperimentConfig, {"partition": {"scheme": scheme}}).partition.scheme == scheme
+    help_text = {key: text for key, _, text in describe(PartitionConfig)}["scheme"]
+    assert "dirichlet-balanced (Dirichlet(alpha) on the label, client sizes kept equal)" in help_text
 
 
 def test_malformed_toml_and_missing_file(tmp_path: Path) -> None:

@@ -91,7 +91,64 @@ def test_shard_drops_only_the_remainder() -> None:
     assert len(np.unique(joined)) == len(joined) == 2010  # 10 shards of 201; 3 rows unused
 
 
-@pytest.mark.parametrize("scheme", ["iid", "dirichlet", "shard"])
+@pytest.mark.parametrize("alpha", [0.1, 1.0])
+def test_dirichlet_balanced_sizes_are_equal_and_every_row_used(alpha: float) -> None:
+    train = make_train(n=503)
+    cfg = PartitionConfig(scheme="dirichlet-balanced", num_clients=10, alpha=alpha)
+    parts = partition_indices(train, cfg, seed=0)
+    assert [len(p) for p in parts] == [51] * 3 + [50] * 7  # 503 = 10 * 50 + 3
+    joined = np.concatenate(parts)
+    assert np.array_equal(np.sort(joined), np.arange(503))
+    assert all(np.array_equal(p, np.sort(p)) and p.dtype == np.int64 for p in parts)
+
+
+def test_dirichlet_balanced_is_seeded() -> None:
+    train = make_train(n=503)
+    cfg = PartitionConfig(scheme="dirichlet-balanced", num_clients=10, alpha=0.5)
+    first, again = partition_indices(train, cfg, 3), partition_indices(train, cfg, 3)
+    assert all(np.array_equal(a, b) for a, b in zip(first, again, strict=True))
+    other = partition_indices(train, cfg, 4)
+    assert any(not np.array_equal(a, b) for a, b in zip(first, other, strict=True))
+    assert [len(p) for p in first] == [len(p) for p in other]  # only the label mix moves
+
+
+def test_dirichlet_balanced_skews_labels_only_at_small_alpha() -> None:
+    # Seed 0 gives 0.419 at alpha 0.1 and 0.058 at alpha 1000 (sampling noise of 100 rows per
+    # client); over seeds 0-39 they range 0.299-0.561 and 0.052-0.095, inside both bounds.
+    train = make_train(n=1000)
+
+    def skew(alpha: float) -> float:
+        cfg = PartitionConfig(scheme="dirichlet-balanced", num_clients=10, alpha=alpha)
+        return mean_tv_distance(train, partition_indices(train, cfg, seed=0))
+
+    low, high = skew(0.1), skew(1000.0)
+    assert low > 0.25
+    assert high < 0.12
+
+
+def test_dirichlet_balanced_takes_labels_that_skip_numbers() -> None:
+    # labels 1, 5 and 9 only: InnerDirichletPartitioner alone expects 0..k-1 and fails on these
+    labels = np.random.default_rng(0).permutation(np.arange(300) % 3) * 4 + 1
+    train = datasets.Dataset.from_dict({"text": ["t"] * 300, "label": labels})
+    cfg = PartitionConfig(scheme="dirichlet-balanced", num_clients=4, alpha=1.0)
+    parts = partition_indices(train, cfg, seed=0)
+    assert [len(p) for p in parts] == [75] * 4
+    assert np.array_equal(np.sort(np.concatenate(parts)), np.arange(300))
+
+
+def test_dirichlet_balanced_client_that_cannot_be_filled_is_a_user_error() -> None:
+    # alpha 0.001: numpy's Dirichlet draws hold exact zeros, and some client's labels run out
+    cfg = PartitionConfig(scheme="dirichlet-balanced", num_clients=10, alpha=0.001)
+    with pytest.raises(UserError) as info:
+        partition_indices(make_train(n=200), cfg, seed=0)
+    assert str(info.value) == (
+        "partition: scheme 'dirichlet-balanced' cannot split 200 examples over 10 clients "
+        "(min_size 1): a client's Dirichlet draw has no weight on the labels left to fill it; "
+        "use fewer clients, a larger alpha or more data"
+    )
+
+
+@pytest.mark.parametrize("scheme", ["iid", "dirichlet", "dirichlet-balanced", "shard"])
 def test_more_clients_than_examples_is_a_user_error(scheme: str) -> None:
     cfg = PartitionConfig(scheme=scheme, num_clients=30)
     with pytest.raises(UserError, match=r"30 clients with min_size 1 need at least 30 .* got 20"):

@@ -10,7 +10,8 @@ from PIL import Image
 
 from fedcustom.cli import main
 from fedcustom.reporting.plots import DPI, FIGURES, SIZE
-from fedcustom.reporting.report import table
+from fedcustom.reporting.report import settings_table, table
+from fedcustom.reporting.runs import RunFolder
 from fedcustom.runs.experiment import run_experiment
 from fedcustom.runs.results import read_records
 
@@ -137,3 +138,15 @@ def test_markdown_table() -> None:
         "|:----------- | --------:|\n"
         "| federated   |   76.80% |\n"
         "| centralized |      n/a |")
+
+
+def test_settings_describe_each_partition_scheme() -> None:
+    def described(**partition) -> str:
+        run = RunFolder(Path("r"), "r", {"partition": partition}, {})
+        return rows(settings_table([run]))["r"][6]
+
+    assert described(scheme="iid") == "iid"
+    assert described(scheme="dirichlet", alpha=0.1) == "Dirichlet(α=0.1) on the label"
+    assert described(scheme="dirichlet-balanced", alpha=0.1) == (
+        "Dirichlet(α=0.1) on the label, equal client sizes")
+    assert described(scheme="shard", shards_per_client=2) == "2 label shards per client"

@@ -79,9 +79,14 @@ class DataConfig:
 
 @dataclass(frozen=True)
 class PartitionConfig:
-    scheme: Literal["iid", "dirichlet", "shard"] = opt("iid", "how training data is split over clients")
+    scheme: Literal["iid", "dirichlet", "dirichlet-balanced", "shard"] = opt(
+        "iid", "how training data is split over clients: iid (an even random split), dirichlet "
+               "(Dirichlet(alpha) on the label; skews client sizes too), dirichlet-balanced "
+               "(Dirichlet(alpha) on the label, client sizes kept equal), shard (shards_per_client "
+               "label-sorted shards per client, equal sizes)")
     num_clients: int = opt(10, "number of clients")
-    alpha: float = opt(1.0, "Dirichlet concentration on the label (smaller: more skew)")
+    alpha: float = opt(1.0, "Dirichlet concentration on the label, schemes dirichlet and "
+                            "dirichlet-balanced (smaller: more skew)")
     shards_per_client: int = opt(2, "label-sorted shards per client (scheme 'shard')")
     min_size: int = opt(1, "smallest allowed client dataset; a smaller one is an error")
 

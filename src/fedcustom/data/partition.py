@@ -13,6 +13,7 @@ import numpy as np
 from flwr_datasets.partitioner import (
     DirichletPartitioner,
     IidPartitioner,
+    InnerDirichletPartitioner,
     Partitioner,
     ShardPartitioner,
 )
@@ -25,7 +26,14 @@ ROW = "__row__"
 ADVICE = "use fewer clients, a larger alpha or more data"
 
 
-def make_partitioner(cfg: PartitionConfig, seed: int) -> Partitioner:
+def balanced_sizes(n: int, num_clients: int) -> list[int]:
+    """n // num_clients rows per client; the first n % num_clients clients get one more."""
+    base, extra = divmod(n, num_clients)
+    return [base + (client < extra) for client in range(num_clients)]
+
+
+def make_partitioner(cfg: PartitionConfig, seed: int, n: int) -> Partitioner:
+    """The flwr-datasets partitioner of `cfg.scheme` for `n` rows."""
     if cfg.scheme == "iid":
         return IidPartitioner(num_partitions=cfg.num_clients)
     if cfg.scheme == "dirichlet":
@@ -37,6 +45,15 @@ def make_partitioner(cfg: PartitionConfig, seed: int) -> Partitioner:
             self_balancing=False,
             seed=seed,
         )
+    if cfg.scheme == "dirichlet-balanced":
+        # DirichletPartitioner skews sizes as well as labels; this one fixes the sizes first
+        return InnerDirichletPartitioner(
+            partition_sizes=balanced_sizes(n, cfg.num_clients),
+            partition_by="label",
+            alpha=float(cfg.alpha),
+            shuffle=True,
+            seed=seed,
+        )
     if cfg.scheme == "shard":
         return ShardPartitioner(
             num_partitions=cfg.num_clients,
@@ -44,7 +61,9 @@ def make_partitioner(cfg: PartitionConfig, seed: int) -> Partitioner:
             num_shards_per_partition=cfg.shards_per_client,
             seed=seed,
         )
-    raise UserError(f"partition.scheme = {cfg.scheme!r}: expected one of iid, dirichlet, shard")
+    raise UserError(
+        f"partition.scheme = {cfg.scheme!r}: expected one of iid, dirichlet, dirichlet-balanced, shard"
+    )
 
 
 def partition_indices(
@@ -52,9 +71,18 @@ def partition_indices(
 ) -> list[np.ndarray]:
     """Per client, the sorted row indices of `train` it holds.
 
-    iid and dirichlet use every row. shard follows flwr-datasets' ShardPartitioner: shards have
-    len(train) // (num_clients * shards_per_client) rows and the remainder (fewer than
-    num_clients * shards_per_client rows) goes to no client.
+    iid, dirichlet and dirichlet-balanced use every row. shard follows flwr-datasets'
+    ShardPartitioner: shards have len(train) // (num_clients * shards_per_client) rows and the
+    remainder (fewer than num_clients * shards_per_client rows) goes to no client.
+
+    dirichlet-balanced (flwr-datasets' InnerDirichletPartitioner) gives every client
+    len(train) // num_clients rows, the first len(train) % num_clients clients one more, and
+    skews only the label mix: each client draws label weights from Dirichlet(alpha), then rows
+    are dealt one at a time to a random client that is not yet full, with a label drawn from its
+    weights. A label that runs out gets weight 0 and the client's other weights are rescaled.
+    Below alpha 0.1 numpy's Dirichlet draws can hold exact zeros (from 0.1 up they hold none), so
+    a client's weights can be 0 on every label that is left: it cannot be filled and the split is
+    a UserError (use a larger alpha).
     """
     n = len(train)
     if n < cfg.num_clients * cfg.min_size:
@@ -73,8 +101,13 @@ def partition_indices(
         # IidPartitioner cuts contiguous blocks: shuffle first so the split is random and seeded.
         rows = np.random.default_rng(seed).permutation(n)
     labels = np.asarray(train["label"], dtype=np.int64)[rows]
+    if cfg.scheme == "dirichlet-balanced":
+        # InnerDirichletPartitioner looks up labels 0..k-1 (k distinct labels): with labels 0 and
+        # 2 but no 1 it would never deal label 2's rows and fail. Number them densely (a no-op
+        # when they already are).
+        labels = np.unique(labels, return_inverse=True)[1].astype(np.int64)
     local = datasets.Dataset.from_dict({"label": labels, ROW: rows})
-    partitioner = make_partitioner(cfg, seed)
+    partitioner = make_partitioner(cfg, seed, n)
     partitioner.dataset = local
     try:
         with warnings.catch_warnings():
@@ -85,6 +118,9 @@ def partition_indices(
             ]
     except Exception as e:  # noqa: BLE001 - flwr-datasets reports impossible splits in many ways
         reason = (str(e).strip().splitlines() or [type(e).__name__])[0]
+        if cfg.scheme == "dirichlet-balanced" and "NaN" in reason:
+            # numpy's "Probabilities contain NaN": the client's weights on the labels left sum to 0
+            reason = "a client's Dirichlet draw has no weight on the labels left to fill it"
         raise UserError(
             f"partition: scheme '{cfg.scheme}' cannot split {n} examples over "
             f"{cfg.num_clients} clients (min_size {cfg.min_size}): {reason}; {ADVICE}"

@@ -23,7 +23,9 @@ def settings_table(runs: list[RunFolder]) -> str:
     rows = []
     for run in runs:
         scheme = run.setting("partition", "scheme")
-        partition = {"dirichlet": f"Dirichlet(α={run.setting('partition', 'alpha')}) on the label",
+        alpha = run.setting("partition", "alpha")
+        partition = {"dirichlet": f"Dirichlet(α={alpha}) on the label",
+                     "dirichlet-balanced": f"Dirichlet(α={alpha}) on the label, equal client sizes",
                      "shard": f"{run.setting('partition', 'shards_per_client')} label shards per client",
                      }.get(scheme, str(scheme))
         clients = str(run.setting("partition", "num_clients"))
