@@ -155,9 +155,9 @@ class FederationConfig:
         0, "a round in which fewer client updates arrive stops the run after its last checkpoint, to "
            "be resumed (0: no minimum; a round nobody reports in keeps the global state)")
     eval_every: int = opt(
-        1, "federated and local modes: evaluate on the held-out splits every this many rounds, and always "
-           "before the first and after the last (1: every round; other rounds' records carry no metrics). "
-           "Centralized runs evaluate every round (epoch)")
+        1, "federated mode: evaluate on the held-out splits every this many rounds, and always before "
+           "the first and after the last (1: every round; other rounds' records carry no metrics). "
+           "Centralized runs evaluate every round (epoch), local runs after the last round")
     local_clients: int = opt(
         0, "local mode: train and evaluate this many clients, a sample drawn from the seed (0: all); "
            "its records are means over them")

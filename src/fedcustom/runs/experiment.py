@@ -31,7 +31,7 @@ from fedcustom.data import load_task_data, partition_indices, partition_table
 from fedcustom.federation.attacks import Attack
 from fedcustom.federation.faults import Faults
 from fedcustom.federation.local import local_records, local_sample, train_alone
-from fedcustom.federation.rounds import Clients, Job, evaluated
+from fedcustom.federation.rounds import Clients, Job
 from fedcustom.runs.results import RunWriter
 from fedcustom.runs.summary import headline_metric, side_by_side
 from fedcustom.strategies.fedavg import FedAvg, FedAvgOptions
@@ -117,8 +117,8 @@ def execute(cfg: ExperimentConfig, resume_dir: Path | None, log: Any,
         for cid in local_sample(len(parts), cfg.federation.local_clients, cfg.seed):
             if cid in per_client:
                 continue
-            per_client[cid] = train_alone(clients, cid, initial, rounds,
-                                          lambda r: evaluated(r, cfg.federation.eval_every, rounds), evaluate)
+            # the baseline's end point: each client is evaluated after its last round only
+            per_client[cid] = train_alone(clients, cid, initial, rounds, lambda r: r == rounds, evaluate)
             atomic_write(saved, json.dumps(per_client))
             log(f"local: client {cid} done")
         writer = RunWriter(path)
