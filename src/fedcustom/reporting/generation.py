@@ -14,6 +14,7 @@ from matplotlib.axes import Axes
 from fedcustom.core.text import fmt_bytes, table
 from fedcustom.reporting.cells import CellResult, per_client, trainable_parameters
 from fedcustom.reporting.plots import Curve, integer_rounds, points, render
+from fedcustom.reporting.runs import last_value, per_round_table
 
 
 def is_generation(cells: list[Any]) -> bool:
@@ -21,11 +22,13 @@ def is_generation(cells: list[Any]) -> bool:
 
 
 def value(records: list[dict[str, Any]] | None, key: str, round_: int = -1) -> float:
+    """`key` at `round_`, or (round_ < 0) in the last record that has it: with eval_every, the
+    last record of a run still going may not be an evaluated one."""
     if not records:
         return math.nan
-    by_round = {r["round"]: r for r in records}
-    record = records[-1] if round_ < 0 else by_round.get(round_, {})
-    v = record.get(key)
+    if round_ < 0:
+        return last_value(records, key)
+    v = next((r for r in records if r["round"] == round_), {}).get(key)
     return float(v) if isinstance(v, int | float) else math.nan
 
 
@@ -60,12 +63,8 @@ def results_table(axes: list[str], cells: list[Any]) -> str:
                   "trainable params", "up / client / round"], rows, markdown=True)
 
 
-def per_round_table(curves: list[Curve], key: str, scale: float, spec: str) -> str:
-    by_round = [(c.label, {r["round"]: r for r in c.records}) for c in curves]
-    rounds = sorted({n for _, b in by_round for n in b})
-    rows = [[label, *(num(scale * value([b[n]], key), spec) if n in b else "" for n in rounds)]
-            for label, b in by_round]
-    return table(["run \\ round", *map(str, rounds)], rows, markdown=True)
+def metric_per_round(curves: list[Curve], key: str, scale: float, spec: str) -> str:
+    return per_round_table([(c.label, c.records) for c in curves], key, lambda v: num(scale * v, spec))
 
 
 def examples_table(cells: list[Any], axes: list[str], limit: int = 4) -> str:
@@ -78,7 +77,8 @@ def examples_table(cells: list[Any], axes: list[str], limit: int = 4) -> str:
     for c in cells:
         fed, cen = mode_records(c.fed, "federated"), mode_records(c.cen, "centralized")
         start = (fed or cen or [{}])[0].get("test_examples", [])
-        finals = [recs[-1].get("test_examples", []) if recs else [] for recs in (fed, cen)]
+        finals = [next((r["test_examples"] for r in reversed(recs) if "test_examples" in r), [])
+                  if recs else [] for recs in (fed, cen)]  # the last evaluated round's
         for i, ex in enumerate(start[:limit]):
             tuned = [short(f[i]["generated"]) if i < len(f) else "n/a" for f in finals]
             rows.append([", ".join(c.labels[a] for a in axes), short(ex["prompt"].split("\n")[-1], 70),
@@ -114,8 +114,8 @@ def generation_parts(axes: list[str], cells: list[Any], curves: list[Curve]) -> 
         "round; centralized: the last epoch (one client with all training data, the same rounds x "
         "local epochs).",
         results_table(axes, cells),
-        "## Test perplexity per round", per_round_table(curves, "test_perplexity", 1.0, ".2f"),
-        "## ROUGE-L per round", per_round_table(curves, "test_rougeL", 100.0, ".1f"),
+        "## Test perplexity per round", metric_per_round(curves, "test_perplexity", 1.0, ".2f"),
+        "## ROUGE-L per round", metric_per_round(curves, "test_rougeL", 100.0, ".1f"),
         "## Generated examples",
         "The first test examples of every run's records: the model at round 0 (before training) "
         "and the final federated and centralized models on the same articles.",
