@@ -2,16 +2,18 @@
 
 from __future__ import annotations
 
+import math
 import shutil
 from pathlib import Path
 
 import pytest
+from helpers import record, write_run_folder
 from PIL import Image
 
 from fedcustom.cli import main
 from fedcustom.reporting.plots import DPI, FIGURES, SIZE
 from fedcustom.reporting.report import settings_table, table
-from fedcustom.reporting.runs import RunFolder
+from fedcustom.reporting.runs import RunFolder, summarize
 from fedcustom.runs.experiment import run_experiment
 from fedcustom.runs.results import read_records
 
@@ -150,3 +152,58 @@ def test_settings_describe_each_partition_scheme() -> None:
     assert described(scheme="dirichlet-balanced", alpha=0.1) == (
         "Dirichlet(α=0.1) on the label, equal client sizes")
     assert described(scheme="shard", shards_per_client=2) == "2 label shards per client"
+
+
+CONFIG = {"name": "hand", "seed": 0, "model": {"name": "tiny"}, "data": {"dataset": "reviews.csv"},
+          "method": {"name": "prefix"}, "strategy": {"name": "fedavg"},
+          "partition": {"scheme": "iid", "num_clients": 2}, "federation": {"rounds": 6, "eval_every": 3}}
+
+
+def test_report_of_records_that_skip_metrics_on_some_rounds(tmp_path: Path) -> None:
+    """A run folder written by hand as a run with federation.eval_every = 3 leaves it: rounds 1, 2,
+    4 and 5 have no test_*/val_* keys. Local has a record per evaluated round only (here every
+    other round, to differ from the others) and sends nothing."""
+    run_dir = write_run_folder(tmp_path / "hand", CONFIG, {
+        "federated": [record(0, 0.50), record(1), record(2), record(3, 0.77), record(4), record(5),
+                      record(6, 0.795)],
+        # validation: the reference is round 3's test accuracy (best validation), not round 6's
+        "centralized": [record(0, 0.50, val_accuracy=0.50), record(1, up=500, down=500),
+                        record(2, up=500, down=500), record(3, 0.80, 500, 500, val_accuracy=0.85),
+                        record(4, up=500, down=500), record(5, up=500, down=500),
+                        record(6, 0.82, 500, 500, val_accuracy=0.84)],
+        "local": [record(n, a, 0, 0, test_accuracy_weighted=a, test_accuracy_min=a - 0.1,
+                         test_accuracy_max=a + 0.1) for n, a in ((0, 0.50), (2, 0.60), (4, 0.62), (6, 0.65))],
+    })
+    assert main(["report", str(run_dir), "--out", str(tmp_path / "out")]) == 0
+    check_figures(tmp_path / "out")
+    report = (tmp_path / "out" / "report.md").read_text()
+
+    results = rows(section(report, "Results"))
+    assert results["hand federated (prefix, fedavg)"][1:4] == ["6", "79.50%", "79.50% (round 6)"]
+    assert results["hand local (prefix)"][1:4] == ["6", "65.00% (55.00%..75.00%)", "65.00% (round 6)"]
+    assert results["hand local (prefix)"][5] == "0 B"
+    assert "Local: every client trains alone" in section(report, "Results")
+    gap = rows(section(report, "Federated vs centralized"))
+    assert list(gap) == ["hand federated (prefix, fedavg)"]  # local is no federated run
+    assert gap["hand federated (prefix, fedavg)"][1:4] == ["79.50%", "82.00%", "-2.50"]
+
+    # reference 0.80: 95% = 0.76 reached at round 3 after 3 x 100 bytes; 99% = 0.792 at round 6;
+    # plateau: the last tenth of 6 rounds is round 6 alone, so rounds 3 and 6: 0.795 - 0.77
+    assert rows(section(report, "Convergence"))["hand federated (prefix, fedavg)"][1:] == [
+        "80.00% (best validation, round 3)", "3", "300 B", "6", "600 B", "no (2.50 over rounds 3-6)"]
+
+    per_round = section(report, "Test accuracy per round")
+    header = [c.strip() for c in next(ln for ln in per_round.splitlines() if ln.startswith("|"))
+              .strip("|").split("|")]
+    assert header[1:] == ["0", "2", "3", "4", "6"]  # only rounds that some mode evaluated
+    per_round_rows = rows(per_round)
+    assert per_round_rows["hand federated (prefix, fedavg)"][1:] == ["50.00%", "", "77.00%", "", "79.50%"]
+    assert per_round_rows["hand local (prefix)"][1:] == ["50.00%", "60.00%", "", "62.00%", "65.00%"]
+
+
+def test_a_run_still_going_reports_its_last_evaluated_round() -> None:
+    # round 4 is done but not evaluated: final is round 3's
+    s = summarize([record(0, 0.5), record(1), record(2, 0.7), record(3, 0.6), record(4)])
+    assert (s.final, s.final_round, s.best, s.best_round) == (0.6, 3, 0.7, 2)
+    assert s.macro_f1 == 0.6 - 0.1 and s.bytes_total == 400 and s.final_text() == "60.00%"
+    assert math.isnan(s.final_min) and math.isnan(s.final_max)

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 import tomli_w
+from helpers import record, write_run_folder
 
 from fedcustom.cli import main
 from fedcustom.core.config import ConfigError
@@ -118,3 +119,75 @@ def test_report_of_a_study(study_file: Path, tmp_path: Path) -> None:
     assert all(row[forward].split()[0] == row[backward].split()[0] != "n/a" for row in rows)
     assert main(["report", str(out), "--out", str(tmp_path / "r")]) == 0
     assert (tmp_path / "r" / "report.md").is_file()
+
+
+def local_records(finals: tuple[float, float, float]) -> list[dict]:
+    """Local training evaluated every round (federated every other one), ending at `finals`:
+    the mean over clients, the worst and the best client."""
+    mean, low, high = finals
+    return [record(n, a, 0, 0, test_accuracy_weighted=a, test_accuracy_min=a - (mean - low),
+                   test_accuracy_max=a + (high - mean))
+            for n, a in enumerate([0.5, 0.5, 0.5, 0.5, mean])]
+
+
+def test_report_of_a_study_with_local_training_and_convergence(tmp_path: Path) -> None:
+    """A 2-cell x 2-seed study written by hand as `fedcustom study` leaves it: federated runs
+    evaluated every other round (eval_every = 2), 100 bytes a round; a centralized baseline per
+    seed with validation accuracy; a local run per cell and seed."""
+    cen = {  # the reference: test accuracy at the best validation round
+        0: [record(0, 0.5, val_accuracy=0.5), record(1), record(2, 0.80, val_accuracy=0.90), record(3),
+            record(4, 0.84, val_accuracy=0.88)],  # 0.80 (round 2)
+        1: [record(0, 0.5, val_accuracy=0.5), record(1), record(2, 0.82, val_accuracy=0.85), record(3),
+            record(4, 0.78, val_accuracy=0.86)],  # 0.78 (round 4)
+    }
+    fed = {("1.0", 0): (0.78, 0.795), ("1.0", 1): (0.70, 0.775),  # accuracy at rounds 2 and 4
+           ("0.1", 0): (0.60, 0.77), ("0.1", 1): (0.70, 0.705)}
+    local = {("1.0", 0): (0.70, 0.60, 0.80), ("1.0", 1): (0.72, 0.65, 0.78),
+             ("0.1", 0): (0.50, 0.30, 0.70), ("0.1", 1): (0.54, 0.20, 0.90)}
+    study = tmp_path / "hand-study"
+    cells, runs = [], {}
+    for (alpha, seed), (at2, at4) in fed.items():
+        ids = {"federated": f"fed__{alpha}__seed{seed}", "centralized": f"cen__seed{seed}",
+               "local": f"loc__{alpha}__seed{seed}"}
+        records = {"federated": [record(0, 0.5), record(1), record(2, at2), record(3), record(4, at4)],
+                   "centralized": cen[seed], "local": local_records(local[alpha, seed])}
+        for mode, run_id in ids.items():
+            runs[run_id] = {"mode": mode, "seed": seed, "labels": {}, "path": f"runs/{run_id}"}
+            if not (study / "runs" / run_id).exists():
+                write_run_folder(study / "runs" / run_id, {"name": run_id, "seed": seed,
+                                                            "method": {"name": "prefix"}},
+                                 {mode: records[mode]})
+        cells.append({"labels": {"partition.alpha": alpha}, "seed": seed, "runs": ids})
+    (study / "study.json").write_text(json.dumps({
+        "name": "hand-study", "description": "", "seeds": [0, 1], "cells": cells, "runs": runs,
+        "axes": [{"name": "partition.alpha", "labels": ["1.0", "0.1"], "overrides": []}]}))
+
+    text = write_study_report(study).read_text()
+
+    def table(title: str) -> dict[str, list[str]]:
+        lines = text.split(f"## {title}\n", 1)[1].split("\n## ", 1)[0].splitlines()
+        cells = [[c.strip() for c in ln.strip("|").split("|")] for ln in lines if ln.startswith("|")]
+        return {row[0]: dict(zip(cells[0], row, strict=True)) for row in cells[2:]}
+
+    results = table("Results per cell")
+    assert results["1.0"]["local final"] == "71.00% (60.00%..80.00%)"  # means .70, .72
+    assert results["0.1"]["local final"] == "52.00% (20.00%..90.00%)"
+    assert results["1.0"]["federated final"] == "78.50% (77.50%..79.50%)"
+    converged = table("Convergence")
+    # seed 0 against 0.80 (targets 0.76, 0.792), seed 1 against 0.78 (0.741, 0.7722)
+    assert converged["1.0"] == {
+        "partition.alpha": "1.0", "centralized reference": "79.00% (78.00%..80.00%)",
+        "95%: round": "3 (2..4)", "95%: bytes": "300 B (200 B..400 B)",  # rounds 2 and 4
+        "99%: round": "4 (4..4)", "99%: bytes": "400 B (400 B..400 B)",  # both at round 4
+        "plateaued (seeds)": "0/2", "plateau spread (points)": "4.50 (1.50..7.50)"}
+    assert converged["0.1"] == {
+        "partition.alpha": "0.1", "centralized reference": "79.00% (78.00%..80.00%)",
+        "95%: round": "4, 1/2 seeds", "95%: bytes": "400 B, 1/2 seeds",
+        "99%: round": "not reached", "99%: bytes": "not reached",
+        "plateaued (seeds)": "1/2", "plateau spread (points)": "8.75 (0.50..17.00)"}
+    per_round = table("Test accuracy per round")
+    fed_row = next(row for label, row in per_round.items() if label.startswith("alpha=1.0, seed 0 (fed"))
+    assert list(fed_row.values())[1:] == ["50.00%", "", "78.00%", "", "79.50%"]
+    assert any(label.endswith("(loc)") for label in per_round)
+    for name in ("accuracy.png", "accuracy_vs_bytes.png", "gap.png", "accuracy_vs_alpha.png"):
+        assert (study / name).read_bytes().startswith(b"\x89PNG")

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 import math
 import statistics
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -16,7 +16,7 @@ from fedcustom.core.errors import UserError
 from fedcustom.core.registry import METHODS
 from fedcustom.core.text import pct
 from fedcustom.reporting.plots import Curve
-from fedcustom.reporting.runs import RunFolder, load_run, summarize
+from fedcustom.reporting.runs import MODE_ORDER, Record, RunFolder, load_run, summarize
 
 
 @dataclass
@@ -25,6 +25,10 @@ class CellResult:
     seeds: list[int]
     fed: list[RunFolder]  # one per seed that has finished or started
     cen: list[RunFolder]
+    local: list[RunFolder] = field(default_factory=list)  # when the study runs the local mode
+
+    def runs(self, mode: str) -> list[RunFolder]:
+        return {"federated": self.fed, "centralized": self.cen, "local": self.local}[mode]
 
     def name(self) -> str:
         return ", ".join(f"{k.split('.')[-1]}={v}" for k, v in self.labels.items())
@@ -45,12 +49,27 @@ def spread(values: list[float], fmt: Any = pct) -> str:
     return f"{fmt(mean)} ({fmt(min(values))}..{fmt(max(values))})"
 
 
+def local_finals(runs: list[RunFolder]) -> str:
+    """Local training's final accuracy: the mean over clients (over seeds too, with several),
+    and in brackets the worst and the best client of any seed."""
+    ends = [summarize(r.modes["local"]) for r in runs if "local" in r.modes]
+    lows, highs = [s.final_min for s in ends], [s.final_max for s in ends]
+    if not ends or any(math.isnan(v) for v in lows + highs):
+        return spread([s.final for s in ends])
+    return f"{pct(statistics.fmean(s.final for s in ends))} ({pct(min(lows))}..{pct(max(highs))})"
+
+
+def pairs(cell: CellResult) -> list[tuple[list[Record], list[Record]]]:
+    """(federated, centralized) records of each seed that has both: every federated run against
+    the baseline of its own seed."""
+    cen = {r.config.get("seed"): r.modes["centralized"] for r in cell.cen if "centralized" in r.modes}
+    return [(r.modes["federated"], cen[r.config.get("seed")])
+            for r in cell.fed if "federated" in r.modes and r.config.get("seed") in cen]
+
+
 def gaps(cell: CellResult) -> list[float]:
     """Federated minus centralized final accuracy, per seed that has both."""
-    cen = {r.config.get("seed"): summarize(r.modes["centralized"]).final
-           for r in cell.cen if "centralized" in r.modes}
-    return [summarize(r.modes["federated"]).final - cen[r.config["seed"]]
-            for r in cell.fed if "federated" in r.modes and r.config.get("seed") in cen]
+    return [summarize(fed).final - summarize(cen).final for fed, cen in pairs(cell)]
 
 
 def trainable_parameters(run: RunFolder, mode: str) -> int | None:
@@ -80,7 +99,7 @@ def load_study_results(study_dir: Path) -> tuple[dict[str, Any], list[CellResult
     for run_id, info in index["runs"].items():
         path = study_dir / info["path"]
         if (path / "config.toml").is_file() and any((path / m / "rounds.jsonl").is_file()
-                                                     for m in ("federated", "centralized")):
+                                                     for m in MODE_ORDER):
             loaded[run_id] = load_run(path)
             loaded[run_id].name = run_id
     groups: dict[str, CellResult] = {}
@@ -88,8 +107,8 @@ def load_study_results(study_dir: Path) -> tuple[dict[str, Any], list[CellResult
         key = json.dumps(cell["labels"])
         result = groups.setdefault(key, CellResult(cell["labels"], [], [], []))
         result.seeds.append(cell["seed"])
-        for mode, target in (("federated", result.fed), ("centralized", result.cen)):
-            run_id = cell["runs"].get(mode)
+        for mode in MODE_ORDER:
+            target, run_id = result.runs(mode), cell["runs"].get(mode)
             if run_id in loaded and loaded[run_id] not in target:
                 target.append(loaded[run_id])
     if not loaded:
@@ -98,16 +117,16 @@ def load_study_results(study_dir: Path) -> tuple[dict[str, Any], list[CellResult
 
 
 def curves(cells: list[CellResult]) -> list[Curve]:
-    """Every run's records once: federated runs named by their cell, a shared centralized
-    baseline by the axes it depends on."""
+    """Every run's records once: federated and local runs named by their cell, a shared
+    centralized baseline by the axes it depends on."""
     out, seen = [], set()
     for c in cells:
-        for mode, runs in (("federated", c.fed), ("centralized", c.cen)):
-            for run in runs:
+        for mode in MODE_ORDER:
+            for run in c.runs(mode):
                 if mode in run.modes and (id(run), mode) not in seen:
                     seen.add((id(run), mode))
-                    name = c.name() if mode == "federated" else run.name.removeprefix("cen__")
-                    if mode == "federated" and len(c.seeds) > 1:
+                    name = c.name() if mode != "centralized" else run.name.removeprefix("cen__")
+                    if mode != "centralized" and len(c.seeds) > 1:
                         name += f", seed {run.config.get('seed')}"
                     out.append(Curve(f"{name} ({mode[:3]})", mode, run.modes[mode]))
     return out

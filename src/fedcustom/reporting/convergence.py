@@ -13,9 +13,9 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
-from typing import Any
 
-Record = dict[str, Any]
+from fedcustom.reporting.runs import Record, evaluated, has
+
 FRACTIONS = (0.95, 0.99)  # of the reference accuracy
 TAIL = 10  # the plateau is judged over the last 1/TAIL of the rounds
 PLATEAU = 0.01  # max - min test accuracy below this (one point) over the tail: a plateau
@@ -50,15 +50,6 @@ class Convergence:
     reference: Reference
     reached: dict[float, Reached | None]  # fraction of the reference -> first reached (None: not)
     plateau: Plateau | None  # None: fewer than two evaluated rounds
-
-
-def has(record: Record, key: str) -> bool:
-    return isinstance(record.get(key), int | float)
-
-
-def evaluated(records: list[Record], key: str = "test_accuracy") -> list[Record]:
-    """The records that carry a number for `key`, in round order."""
-    return sorted((r for r in records if has(r, key)), key=lambda r: r["round"])
 
 
 def reference(centralized: list[Record]) -> Reference | None:
@@ -119,3 +110,13 @@ def convergence(federated: list[Record], centralized: list[Record],
 
 def fraction_label(fraction: float) -> str:
     return f"{100 * fraction:g}%"
+
+
+EXPLAINED = (
+    "The centralized reference is the centralized test accuracy at its best validation round "
+    "(the earliest, if tied) when the records have validation accuracy, else its final test "
+    f"accuracy. For {' and '.join(fraction_label(f) for f in FRACTIONS)} of it: the first "
+    "evaluated round at which the federated test accuracy reaches it, and the bytes sent down and "
+    "up in rounds 1 to that round. Plateau: max - min of the federated test accuracy over the "
+    f"evaluated rounds in the last {100 // TAIL}% of the rounds (at least the last two evaluated), "
+    f"in points; a plateau when below {100 * PLATEAU:g}.")

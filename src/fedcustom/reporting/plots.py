@@ -3,8 +3,9 @@
 Figures are built with matplotlib's object API (Figure + Agg canvas, never pyplot), so nothing
 needs a screen and no global plotting state is touched. Each function returns PNG bytes; the
 caller writes them atomically. Every curve gets its own colour; the mode sets the line style
-(federated solid with circles, centralized dashed with squares), so a figure still reads in
-grayscale.
+(federated solid with circles, centralized dashed with squares, local dotted with triangles), so
+a figure still reads in grayscale. A curve is drawn through the rounds that have its metric
+(with federation.eval_every, the rounds in between have none).
 """
 
 from __future__ import annotations
@@ -20,6 +21,9 @@ from matplotlib.axes import Axes
 from matplotlib.figure import Figure
 from matplotlib.ticker import FuncFormatter, LogLocator, MaxNLocator
 
+from fedcustom.reporting.convergence import cumulative_bytes
+from fedcustom.reporting.runs import evaluated
+
 DPI = 150
 SIZE = (6.4, 4.2)  # inches: a one-column figure that still reads when scaled into a paper
 STYLE = {
@@ -28,7 +32,12 @@ STYLE = {
     "axes.spines.right": False, "lines.linewidth": 1.6, "lines.markersize": 4.5,
 }
 MODE_STYLE = {"federated": {"linestyle": "-", "marker": "o"},
-              "centralized": {"linestyle": "--", "marker": "s"}}
+              "centralized": {"linestyle": "--", "marker": "s"},
+              "local": {"linestyle": ":", "marker": "^"}}
+# Modes that send no state over a network: centralized (its one "client" is the server) and local
+# (each client keeps its own model). On the accuracy-communication figure they are reference
+# levels, not curves.
+UNSENT = ("centralized", "local")
 LEGEND_INSIDE = 3  # curves whose legend fits inside the axes
 BYTE_UNITS = ((1e9, "GB"), (1e6, "MB"), (1e3, "KB"), (1.0, "bytes"))
 
@@ -61,7 +70,7 @@ def render(title: str, xlabel: str, ylabel: str, curves: list[Curve],
         colours = matplotlib.colormaps["tab10"].colors
         for i, curve in enumerate(curves):
             style = {"color": colours[i % len(colours)], "label": curve.label,
-                     **MODE_STYLE.get(curve.mode, {"linestyle": ":", "marker": "^"})}
+                     **MODE_STYLE.get(curve.mode, {"linestyle": "-.", "marker": "D"})}
             draw(ax, curve, style)
         ax.set_title(title)
         ax.set_xlabel(xlabel)
@@ -97,15 +106,15 @@ def accuracy_png(curves: list[Curve]) -> bytes:
 def accuracy_vs_bytes_png(curves: list[Curve]) -> bytes:
     """Test accuracy against cumulative bytes sent (down + up), log x: the accuracy-communication
     frontier. Round 0 has sent nothing, so it has no place on a log axis and is left out. The
-    centralized baseline exchanges nothing over a network (its one "client" is the server), so
-    its final accuracy is drawn as a horizontal reference line instead of a curve."""
-    totals = {id(c): cumulative_bytes(c.records) for c in curves if c.mode != "centralized"}
+    centralized and local modes exchange nothing over a network, so their final accuracy is
+    drawn as a horizontal reference line instead of a curve."""
+    totals = {id(c): cumulative_bytes(c.records) for c in curves if c.mode not in UNSENT}
     top = max((b for t in totals.values() for b in t.values()), default=1.0)
     scale, unit = next((s, u) for s, u in BYTE_UNITS if top >= s or s == 1.0)
 
     def draw(ax: Axes, curve: Curve, style: dict[str, Any]) -> None:
-        if curve.mode == "centralized":  # it sends no state over a network: a reference level
-            final = [r["test_accuracy"] for r in curve.records if "test_accuracy" in r][-1:]
+        if curve.mode in UNSENT:  # it sends no state over a network: a reference level
+            final = [r["test_accuracy"] for r in evaluated(curve.records)][-1:]
             for accuracy in final:
                 ax.axhline(100 * accuracy, color=style["color"], linestyle=style["linestyle"],
                            linewidth=1.2, label=f"{curve.label}, final")
@@ -146,19 +155,11 @@ def loss_png(curves: list[Curve]) -> bytes:
                   curves, draw, integer_rounds)
 
 
-def cumulative_bytes(records: list[dict[str, Any]]) -> dict[int, float]:
-    """Round -> bytes sent down + up in that round and all before it."""
-    total, out = 0.0, {}
-    for r in sorted(records, key=lambda r: r["round"]):
-        total += r.get("bytes_down", 0) + r.get("bytes_up", 0)
-        out[r["round"]] = total
-    return out
-
-
 FIGURES: dict[str, tuple[str, Callable[[list[Curve]], bytes]]] = {
     "accuracy.png": ("Test accuracy per round (round 0: the untrained start)", accuracy_png),
     "accuracy_vs_bytes.png": ("Test accuracy against cumulative bytes sent, down + up (log scale): "
-                              "the accuracy-communication frontier (rounds 1 on; horizontal line: "
-                              "the centralized baseline's final accuracy)", accuracy_vs_bytes_png),
+                              "the accuracy-communication frontier (rounds 1 on; horizontal lines: "
+                              "the final accuracy of the centralized baseline and of local training, "
+                              "which send nothing)", accuracy_vs_bytes_png),
     "loss.png": ("Train loss per round", loss_png),
 }

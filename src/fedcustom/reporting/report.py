@@ -14,9 +14,20 @@ from pathlib import Path
 from fedcustom.core.errors import UserError
 from fedcustom.core.io import atomic_write
 from fedcustom.core.text import fmt_bytes, pct, points, table
+from fedcustom.reporting.convergence import (
+    EXPLAINED,
+    FRACTIONS,
+    Plateau,
+    Reached,
+    convergence,
+    fraction_label,
+)
 from fedcustom.reporting.generation import generation_report
 from fedcustom.reporting.plots import FIGURES, Curve
-from fedcustom.reporting.runs import RunFolder, load_runs, summarize
+from fedcustom.reporting.runs import RunFolder, load_runs, per_round_table, summarize
+
+LOCAL = (" Local: every client trains alone on its own data; its accuracy is the mean over the "
+         "clients' own models, with the worst and the best client in brackets at the final round.")
 
 
 def settings_table(runs: list[RunFolder]) -> str:
@@ -51,7 +62,7 @@ def results_table(runs: list[RunFolder]) -> str:
     for run in runs:
         for mode, records in run.modes.items():
             s = summarize(records)
-            rows.append([run.label(mode), str(s.final_round), pct(s.final),
+            rows.append([run.label(mode), str(s.final_round), s.final_text(),
                          f"{pct(s.best)} (round {s.best_round})", num(s.macro_f1, ".3f"),
                          fmt_bytes(s.bytes_total), size(s.bytes_down_per_round), size(s.bytes_up_per_round),
                          num(s.client_seconds_per_round, ".1f"), num(s.peak_rss_mb, ".0f")])
@@ -67,7 +78,7 @@ def gap_table(runs: list[RunFolder]) -> str | None:
             continue
         cen = summarize(run.modes["centralized"])
         for mode, records in run.modes.items():
-            if mode == "centralized":
+            if mode in ("centralized", "local"):
                 continue
             fed = summarize(records)
             rows.append([run.label(mode), pct(fed.final), pct(cen.final), points(fed.final - cen.final),
@@ -79,13 +90,40 @@ def gap_table(runs: list[RunFolder]) -> str | None:
                   "centralized best", "best-vs-best gap (points)"], rows, markdown=True)
 
 
-def per_round_table(runs: list[RunFolder]) -> str:
-    curves = [(run.label(mode), {r["round"]: r for r in records})
-              for run in runs for mode, records in run.modes.items()]
-    rounds = sorted({n for _, by_round in curves for n in by_round})
-    rows = [[label, *(pct(by_round[n].get("test_accuracy")) if n in by_round else "" for n in rounds)]
-            for label, by_round in curves]
-    return table(["run / mode \\ round", *map(str, rounds)], rows, markdown=True)
+def reached_cells(reached: Reached | None) -> list[str]:
+    return ["not reached", "n/a"] if reached is None else [str(reached.round), fmt_bytes(reached.bytes)]
+
+
+def plateau_text(plateau: Plateau | None) -> str:
+    if plateau is None:
+        return "n/a"
+    return (f"{'yes' if plateau.flat else 'no'} ({100 * plateau.spread:.2f} over rounds "
+            f"{plateau.first_round}-{plateau.last_round})")
+
+
+def convergence_table(runs: list[RunFolder]) -> str | None:
+    """Each federated mode against the centralized reference of its own run folder."""
+    rows = []
+    for run in runs:
+        if "federated" not in run.modes or "centralized" not in run.modes:
+            continue
+        result = convergence(run.modes["federated"], run.modes["centralized"])
+        if result is None:
+            continue
+        ref = result.reference
+        rows.append([run.label("federated"), f"{pct(ref.accuracy)} ({ref.chosen_by}, round {ref.round})",
+                     *(cell for f in FRACTIONS for cell in reached_cells(result.reached[f])),
+                     plateau_text(result.plateau)])
+    if not rows:
+        return None
+    return table(["federated run", "centralized reference",
+                  *(f"{fraction_label(f)}: {what}" for f in FRACTIONS for what in ("round", "bytes")),
+                  "plateau (spread, points)"], rows, markdown=True)
+
+
+def accuracy_per_round(runs: list[RunFolder]) -> str:
+    curves = [(run.label(mode), records) for run in runs for mode, records in run.modes.items()]
+    return per_round_table(curves, "test_accuracy", pct, "run / mode \\ round")
 
 
 def markdown_report(runs: list[RunFolder], figures: dict[str, str]) -> str:
@@ -98,14 +136,19 @@ def markdown_report(runs: list[RunFolder], figures: dict[str, str]) -> str:
              "macro-F1 at the last round. Bytes are the serialized payloads, summed over all clients "
              "(down: server to clients, up: clients to server); client seconds are summed over the "
              "round's clients. The centralized baseline trains one client on all data, so one round is "
-             "one epoch.",
+             "one epoch. Final: the last evaluated round (federation.eval_every evaluates only every "
+             "so many rounds, and always the last)."
+             + (LOCAL if any("local" in run.modes for run in runs) else ""),
              results_table(runs)]
     gaps = gap_table(runs)
     if gaps is not None:
         parts += ["## Federated vs centralized",
                   "Federated minus centralized test accuracy in percentage points (negative: federated "
                   "is behind), at the last round and best round against best round.", gaps]
-    parts += ["## Test accuracy per round", per_round_table(runs), "## Figures",
+    converged = convergence_table(runs)
+    if converged is not None:
+        parts += ["## Convergence", EXPLAINED, converged]
+    parts += ["## Test accuracy per round", accuracy_per_round(runs), "## Figures",
               *(f"![{caption}]({name})" for name, caption in figures.items())]
     return "\n\n".join(parts) + "\n"
 
