@@ -163,6 +163,7 @@ def test_report_of_a_study_with_local_training_and_convergence(tmp_path: Path) -
         "axes": [{"name": "partition.alpha", "labels": ["1.0", "0.1"], "overrides": []}]}))
 
     text = write_study_report(study).read_text()
+    assert "10 runs, 10 with records" in text and "loc: local" in text
 
     def table(title: str) -> dict[str, list[str]]:
         lines = text.split(f"## {title}\n", 1)[1].split("\n## ", 1)[0].splitlines()

@@ -97,11 +97,13 @@ def axis_png(axis: str, values: list[float], cells: list[CellResult], others: li
 
 def study_figures(index: dict[str, Any], cells: list[CellResult]) -> Figures:
     all_curves = curves(cells)
+    local = any(c.mode == "local" for c in all_curves)
     figures: Figures = {
-        "accuracy.png": ("Test accuracy per round of every run (fed: federated, cen: centralized)",
-                         accuracy_png(all_curves)),
+        "accuracy.png": ("Test accuracy per round of every run (fed: federated, cen: centralized"
+                         + (", loc: local" if local else "") + ")", accuracy_png(all_curves)),
         "accuracy_vs_bytes.png": ("Test accuracy against cumulative bytes sent (log scale): the "
-                                  "accuracy-communication frontier; horizontal lines: centralized finals",
+                                  "accuracy-communication frontier; horizontal lines: centralized "
+                                  + ("and local finals (they send nothing)" if local else "finals"),
                                   accuracy_vs_bytes_png(all_curves)),
     }
     gap = gap_png(cells)

@@ -29,7 +29,7 @@ from fedcustom.reporting.cells import (
 )
 from fedcustom.reporting.convergence import EXPLAINED, FRACTIONS, Reached, convergence, fraction_label
 from fedcustom.reporting.generation import generation_parts, is_generation
-from fedcustom.reporting.runs import per_round_table, summarize
+from fedcustom.reporting.runs import MODE_ORDER, per_round_table, summarize
 from fedcustom.reporting.study_plots import study_figures
 
 
@@ -110,7 +110,7 @@ def write_study_report(study_dir: Path, out: Path | None = None) -> Path:
         figures = study_figures(index, cells)
     timings_path = study_dir / "timings.json"
     timings = json.loads(timings_path.read_text()) if timings_path.is_file() else {}
-    finished = len({id(r) for c in cells for r in c.fed + c.cen})
+    finished = len({id(r) for c in cells for mode in MODE_ORDER for r in c.runs(mode)})
     shape = " x ".join(f"{a['name']} ({len(a['labels'])})" for a in index["axes"])
     parts = [
         f"# fedcustom study: {index['name']}", index.get("description", ""),
