@@ -233,6 +233,7 @@ def test_secure_by_default(tmp_path: Path) -> None:
 
 def test_the_app_bundle_is_a_valid_flower_app(tiny_config, tmp_path: Path) -> None:
     import tomllib
+
     from flwr.common.config import validate_config
 
     app = write_app(tmp_path / "app", dumps(tiny_config()), tmp_path / "run", resume=False)

@@ -50,7 +50,8 @@ CASES: dict[str, tuple[str | None, list[str]]] = {
     "bbpt": (None, LM + ["method.name=bbpt", "method.score_examples=8", "method.popsize=4",
                          "method.generations=1"]),
     "generation-prefix": (None, LM + ["data.dataset=bbc-headlines", "method.name=prefix",
-                                      "method.num_virtual_tokens=4"]),
+                                      "method.num_virtual_tokens=4", "model.max_length=96",
+                                      "generation.eval_examples=2", "generation.max_new_tokens=4"]),
 }
 VOLATILE = ("seconds", "peak_rss_mb")  # record keys that measure time or memory, not numbers
 
