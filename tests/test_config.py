@@ -45,7 +45,7 @@ def test_defaults_build_and_round_trip_through_toml(tmp_path: Path) -> None:
         ({"method": {"name": "nope"}}, "unknown method 'nope'; expected one of: "),
         ({"method": {"name": "prefix", "rank": 8}}, "unknown key 'method.rank'"),
         ({"strategy": {"name": "fedavg", "momentum": 1.0}}, "strategy.momentum = 1.0"),
-        ({"modes": ["federated", "local"]}, "modes"),
+        ({"modes": ["federated", "solo"]}, "modes"),
         ({"engine": "ray"}, "engine = 'ray'"),
         ({"train": 3}, "'train' must be a table"),
         ({"train": {"lr": float("inf")}}, "train.lr = inf: expected a finite number"),
