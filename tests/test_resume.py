@@ -117,3 +117,25 @@ def test_resume_of_a_folder_that_is_no_run_is_a_one_line_error(
     assert main(["run", "cfg.toml", "--resume", str(tmp_path)]) == 2
     assert "--resume takes no config file" in capsys.readouterr().err
     assert main(["run"]) == 2
+
+
+@pytest.mark.parametrize("damage", ["truncate", "flip"])
+def test_a_damaged_checkpoint_is_refused_in_one_line(tiny_config, capsys, damage: str) -> None:
+    """A truncated or bit-flipped checkpoint is never resumed from: one line names the file and
+    the last round the records hold."""
+    from fedcustom.cli import main
+
+    run_dir = run_experiment(tiny_config(modes=["federated"]), log=lambda *_: None)["federated"].path.parent
+    path = run_dir / "federated" / CHECKPOINT
+    data = bytearray(path.read_bytes())
+    if damage == "truncate":
+        data = data[: len(data) // 2]
+    else:
+        data[-5] ^= 0x10  # one bit in the last tensor's bytes
+    path.write_bytes(bytes(data))
+    (run_dir / "federated" / "state.safetensors").unlink()  # as if killed before the end
+    capsys.readouterr()  # the first run's progress bars
+    assert main(["run", "--resume", str(run_dir)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and str(path) in err and "end at round 2" in err
+    assert ("checksum mismatch" in err) == (damage == "flip")

@@ -11,6 +11,7 @@ completed round (`fedcustom run --resume RUN_DIR`).
 from __future__ import annotations
 
 import csv
+import hashlib
 import io
 import json
 import os
@@ -51,21 +52,51 @@ class Checkpoint:
     records: list[dict[str, Any]]
 
 
+def checksum(tensors: dict[str, torch.Tensor], round_: str, records: str) -> str:
+    """sha256 over every tensor's name, dtype, shape and bytes (sorted by name) and the metadata
+    that matters: a truncated or bit-flipped checkpoint is refused, never resumed from."""
+    h = hashlib.sha256(f"{round_}\n{records}\n".encode())
+    for name in sorted(tensors):
+        t = tensors[name].detach().contiguous().cpu()
+        h.update(f"{name}|{t.dtype}|{tuple(t.shape)}\n".encode())
+        h.update(t.reshape(-1).view(torch.uint8).numpy().tobytes() if t.numel() else b"")
+    return h.hexdigest()
+
+
 def save_checkpoint(path: Path, ckpt: Checkpoint) -> None:
-    tensors = {**{f"global/{k}": v for k, v in ckpt.state.items()},
-               **{f"strategy/{k}": v for k, v in ckpt.strategy_state.items()}}
-    metadata = {"format": CHECKPOINT_FORMAT, "round": str(ckpt.round), "records": json.dumps(ckpt.records)}
-    atomic_write(path, save({k: v.detach().contiguous() for k, v in tensors.items()}, metadata=metadata))
+    tensors = {**{f"global/{k}": v.detach().contiguous() for k, v in ckpt.state.items()},
+               **{f"strategy/{k}": v.detach().contiguous() for k, v in ckpt.strategy_state.items()}}
+    records = json.dumps(ckpt.records)
+    metadata = {"format": CHECKPOINT_FORMAT, "round": str(ckpt.round), "records": records,
+                "sha256": checksum(tensors, str(ckpt.round), records)}
+    atomic_write(path, save(tensors, metadata=metadata))
+
+
+def corrupt(path: Path, why: str) -> UserError:
+    last = path.parent / "rounds.jsonl"
+    done = len(last.read_text().splitlines()) - 1 if last.is_file() else -1
+    told = f"the records in {last} end at round {done}" if done >= 0 else "no round is recorded"
+    return UserError(f"{path} is corrupt ({why}); {told}: delete the checkpoint to run this mode again "
+                     "from its start")
 
 
 def load_checkpoint(path: Path) -> Checkpoint | None:
     if not path.is_file():
         return None
-    with safe_open(str(path), framework="pt") as f:
-        meta = f.metadata() or {}
-        if meta.get("format") != CHECKPOINT_FORMAT:
-            raise UserError(f"{path} is not a fedcustom checkpoint")
-        tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 - safe_open is no dict
+    try:
+        with safe_open(str(path), framework="pt") as f:
+            meta = f.metadata() or {}
+            if meta.get("format") != CHECKPOINT_FORMAT:
+                raise UserError(f"{path} is not a fedcustom checkpoint")
+            tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 - safe_open is no dict
+    except UserError:
+        raise
+    except Exception as e:  # noqa: BLE001 - safetensors reports a damaged file in several ways
+        raise corrupt(path, (str(e).splitlines() or [type(e).__name__])[0][:120]) from None
+    # older checkpoints carry no checksum: they are read as before
+    expected = meta.get("sha256")
+    if expected is not None and expected != checksum(tensors, meta.get("round", ""), meta.get("records", "")):
+        raise corrupt(path, "checksum mismatch")
 
     def part(prefix: str) -> dict[str, torch.Tensor]:
         return {k.removeprefix(prefix): v for k, v in tensors.items() if k.startswith(prefix)}
