@@ -73,3 +73,26 @@ def test_cli_run_with_overrides(tiny_config, tmp_path: Path,
                  "modes=['federated']"]) == 0
     out = capsys.readouterr().out
     assert "federated test_accuracy" in out and "results:" in out
+
+
+def test_two_processes_cannot_write_one_run_folder(tiny_config, tmp_path: Path) -> None:
+    from fedcustom.core.errors import UserError
+    from fedcustom.core.io import folder_lock
+
+    folder = tmp_path / "one-run"
+    with folder_lock(folder), pytest.raises(UserError, match="being written by another fedcustom process"):
+        run_experiment(tiny_config(), log=lambda *_: None, into=folder)
+    assert not (folder / "config.toml").exists()  # the refused run wrote nothing
+
+
+def test_an_unwritable_output_folder_fails_before_the_model_loads(tiny_config, tmp_path: Path,
+                                                                  capsys) -> None:
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    cfg = tiny_config()
+    path = tmp_path / "c.toml"
+    path.write_text(dumps(cfg))
+    assert main(["run", str(path), "--set", f"output_dir={blocker / 'runs'}"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err == [f"fedcustom: error: cannot write results under {blocker / 'runs'}: {blocker} is not "
+                   "a writable folder"]

@@ -75,18 +75,26 @@ def test_interrupted_run_resumes_to_the_same_result(tiny_config, stop_at: tuple[
     assert (run_dir / "summary.txt").read_text() != ""
 
 
-def test_sigkilled_cli_run_resumes_to_the_same_result(tiny_config, tmp_path: Path) -> None:
+@pytest.mark.parametrize("stop", [signal.SIGKILL, signal.SIGTERM])
+def test_a_killed_or_stopped_cli_run_resumes_to_the_same_result(tiny_config, tmp_path: Path,
+                                                                 stop: signal.Signals) -> None:
+    """SIGKILL leaves the last checkpoint; SIGTERM (like Ctrl-C) stops with one line and exit 130.
+    Either way `--resume` gives what an uninterrupted run gives."""
     cfg = config(tiny_config, rounds=8, modes=["federated"], name="killed")
     path = tmp_path / "killed.toml"
     path.write_text(dumps(cfg))
-    proc = subprocess.Popen([sys.executable, "-m", "fedcustom.cli", "run", str(path)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen([sys.executable, "-m", "fedcustom", "run", str(path)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
         run_dir = wait_for_round(Path(cfg.output_dir), "killed-", 1, proc)
-        os.kill(proc.pid, signal.SIGKILL)
+        os.kill(proc.pid, stop)
+        _, err = proc.communicate(timeout=120)
     finally:
         proc.kill()
         proc.wait()
+    if stop == signal.SIGTERM:
+        assert proc.returncode == 130
+        assert err.strip().splitlines()[-1].startswith("fedcustom: stopped; every completed round")
     ckpt = load_checkpoint(run_dir / "federated" / CHECKPOINT)
     assert ckpt is not None and 1 <= ckpt.round < 8, "the run was not killed mid-way"
 

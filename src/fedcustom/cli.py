@@ -5,7 +5,9 @@ from __future__ import annotations
 import argparse
 import importlib
 import pkgutil
+import signal
 import sys
+import threading
 from importlib import resources
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -124,16 +126,26 @@ def add_extension_commands(sub: argparse._SubParsersAction) -> None:
         importlib.import_module(f"{commands.__name__}.{info.name}").add_commands(sub)
 
 
+def stop(signum: int, frame: object) -> None:
+    raise KeyboardInterrupt  # SIGTERM stops a run like Ctrl-C: after its last checkpoint
+
+
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    main_thread = threading.current_thread() is threading.main_thread()  # signals go to the main thread
+    previous = signal.signal(signal.SIGTERM, stop) if main_thread else None
     try:
         args.func(args)
     except UserError as e:
         print(f"fedcustom: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("fedcustom: interrupted", file=sys.stderr)
+        print("fedcustom: stopped; every completed round is checkpointed: `fedcustom run --resume RUN_DIR` "
+              "goes on from the last one", file=sys.stderr)
         return 130
+    finally:
+        if main_thread:
+            signal.signal(signal.SIGTERM, previous)
     return 0
 
 

@@ -1,10 +1,16 @@
-"""Files written whole or not at all, and run folders that never overwrite one another."""
+"""Files written whole or not at all, run folders that never overwrite one another, and a lock so
+only one process writes a folder."""
 
 from __future__ import annotations
 
+import fcntl
 import os
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+
+from fedcustom.core.errors import UserError
 
 
 def atomic_write(path: Path, data: bytes | str) -> None:
@@ -21,3 +27,30 @@ def new_run_dir(output_dir: str | Path, name: str) -> Path:
         path, n = base.with_name(f"{base.name}-{n}"), n + 1
     path.mkdir(parents=True)
     return path
+
+
+def check_writable(folder: Path) -> None:
+    """Fail now, in one line, if results could not be written under `folder` (before any model
+    loads): the folder, or the nearest existing folder above it, must be writable."""
+    existing = folder
+    while not existing.exists() and existing != existing.parent:
+        existing = existing.parent
+    if not existing.is_dir() or not os.access(existing, os.W_OK | os.X_OK):
+        raise UserError(f"cannot write results under {folder}: {existing} is not a writable folder")
+
+
+@contextmanager
+def folder_lock(folder: Path) -> Iterator[None]:
+    """Hold `folder`/.lock for the duration: a second fedcustom process that would write the same
+    run or study folder stops in one line instead of interleaving its files."""
+    folder.mkdir(parents=True, exist_ok=True)
+    with open(folder / ".lock", "w") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise UserError(f"{folder} is being written by another fedcustom process; wait for it to "
+                            "finish or use another folder") from None
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)

@@ -24,7 +24,7 @@ import torch
 from fedcustom.core.config import ExperimentConfig, dumps, load_config
 from fedcustom.core.device import autocast, check_precision, resolve_device
 from fedcustom.core.errors import UserError
-from fedcustom.core.io import atomic_write, new_run_dir
+from fedcustom.core.io import atomic_write, check_writable, folder_lock, new_run_dir
 from fedcustom.core.registry import ENGINES, METHODS, STRATEGIES
 from fedcustom.core.types import State
 from fedcustom.data import load_task_data, partition_indices, partition_table
@@ -65,6 +65,7 @@ def resume_experiment(run_dir: str | Path, log: Any = print,
 def execute(cfg: ExperimentConfig, resume_dir: Path | None, log: Any,
             on_record: RecordHook | None, into: Path | None = None) -> dict[str, ModeResult]:
     torch.set_num_threads(cfg.threads or os.cpu_count() or 1)
+    check_writable(resume_dir or into or Path(cfg.output_dir))  # before anything loads
     device = resolve_device(cfg.device)  # a missing GPU fails here, before anything loads
     check_precision(device, cfg.train.precision)
     data = load_task_data(cfg.data)
@@ -76,100 +77,101 @@ def execute(cfg: ExperimentConfig, resume_dir: Path | None, log: Any,
     if into is not None:
         into.mkdir(parents=True, exist_ok=True)
     run_dir = resume_dir or into or new_run_dir(cfg.output_dir, cfg.name)
-    if resume_dir is None:
-        atomic_write(run_dir / "config.toml", dumps(cfg))
-    table = partition_table(data.train, parts, data.label_names)
-    atomic_write(run_dir / "partition.txt", table + "\n")
-    log(f"run folder: {run_dir}\n{data.name}: {len(data.train)} train / {len(data.test)} test "
-        f"examples, labels {data.label_names}\n{table}")
+    with folder_lock(run_dir):  # one process writes a run folder at a time
+        if resume_dir is None:
+            atomic_write(run_dir / "config.toml", dumps(cfg))
+        table = partition_table(data.train, parts, data.label_names)
+        atomic_write(run_dir / "partition.txt", table + "\n")
+        log(f"run folder: {run_dir}\n{data.name}: {len(data.train)} train / {len(data.test)} test "
+            f"examples, labels {data.label_names}\n{table}")
 
-    method.prepare(model)
-    model.to(device)  # once; batches follow it, states come back to the CPU (see core/device.py)
-    initial = method.get_state(model)  # every mode starts from this initialization
-    n_params = sum(v.numel() for v in initial.values())
-    log(f"method {method.name}: {n_params:,} trainable parameters")
+        method.prepare(model)
+        model.to(device)  # once; batches follow it, states come back to the CPU (see core/device.py)
+        initial = method.get_state(model)  # every mode starts from this initialization
+        n_params = sum(v.numel() for v in initial.values())
+        log(f"method {method.name}: {n_params:,} trainable parameters")
 
-    train = task.encode(data.train, tokenizer, cfg)
-    held_out = {"test": task.encode(data.test, tokenizer, cfg)}
-    if data.validation is not None:
-        held_out["val"] = task.encode(data.validation, tokenizer, cfg)
+        train = task.encode(data.train, tokenizer, cfg)
+        held_out = {"test": task.encode(data.test, tokenizer, cfg)}
+        if data.validation is not None:
+            held_out["val"] = task.encode(data.validation, tokenizer, cfg)
 
-    def evaluate(m: torch.nn.Module) -> dict[str, Any]:
-        out = {}
-        for split, enc in held_out.items():
-            with autocast(device, cfg.train.precision):
-                metrics = method.evaluate(m, enc, cfg.train.eval_batch_size)
-            out.update({f"{split}_{k}": v for k, v in metrics.items()})
-        return out
+        def evaluate(m: torch.nn.Module) -> dict[str, Any]:
+            out = {}
+            for split, enc in held_out.items():
+                with autocast(device, cfg.train.precision):
+                    metrics = method.evaluate(m, enc, cfg.train.eval_batch_size)
+                out.update({f"{split}_{k}": v for k, v in metrics.items()})
+            return out
 
-    def run_local() -> ModeResult:
-        """Every client alone (federation/local.py); each finished client is saved, so a resumed
-        run goes on with the next one. rounds.jsonl is written once all clients are done."""
-        path = run_dir / "local"
-        path.mkdir(parents=True, exist_ok=True)
-        saved = path / "clients.json"
-        per_client = {int(c): {int(r): m for r, m in rounds.items()}
-                      for c, rounds in json.loads(saved.read_text()).items()} if saved.is_file() else {}
-        clients = Clients(model, method, train, list(parts), cfg.train, cfg.seed)
-        rounds = cfg.federation.rounds
-        method.set_state(model, initial)
-        start_metrics = evaluate(model)
-        for cid in local_sample(len(parts), cfg.federation.local_clients, cfg.seed):
-            if cid in per_client:
-                continue
-            # the baseline's end point: each client is evaluated after its last round only
-            per_client[cid] = train_alone(clients, cid, initial, rounds, lambda r: r == rounds, evaluate)
-            atomic_write(saved, json.dumps(per_client))
-            log(f"local: client {cid} done")
-        writer = RunWriter(path)
-        writer.records = local_records(per_client, {c: len(rows) for c, rows in enumerate(parts)},
-                                       start_metrics)
-        writer.write_records()
-        for record in writer.records if on_record is not None else []:
-            on_record("local", record)
-        return ModeResult("local", path, writer.records)
+        def run_local() -> ModeResult:
+            """Every client alone (federation/local.py); each finished client is saved, so a resumed
+            run goes on with the next one. rounds.jsonl is written once all clients are done."""
+            path = run_dir / "local"
+            path.mkdir(parents=True, exist_ok=True)
+            saved = path / "clients.json"
+            per_client = {int(c): {int(r): m for r, m in rounds.items()}
+                          for c, rounds in json.loads(saved.read_text()).items()} if saved.is_file() else {}
+            clients = Clients(model, method, train, list(parts), cfg.train, cfg.seed)
+            rounds = cfg.federation.rounds
+            method.set_state(model, initial)
+            start_metrics = evaluate(model)
+            for cid in local_sample(len(parts), cfg.federation.local_clients, cfg.seed):
+                if cid in per_client:
+                    continue
+                # the baseline's end point: each client is evaluated after its last round only
+                per_client[cid] = train_alone(clients, cid, initial, rounds, lambda r: r == rounds, evaluate)
+                atomic_write(saved, json.dumps(per_client))
+                log(f"local: client {cid} done")
+            writer = RunWriter(path)
+            writer.records = local_records(per_client, {c: len(rows) for c, rows in enumerate(parts)},
+                                           start_metrics)
+            writer.write_records()
+            for record in writer.records if on_record is not None else []:
+                on_record("local", record)
+            return ModeResult("local", path, writer.records)
 
-    def run_mode(mode: str) -> ModeResult:
-        if mode == "local":
-            return run_local()
-        # The centralized baseline holds all training data in one place: it never federates, so it
-        # runs in process whatever engine the federated mode uses.
-        engine = ENGINES.get(cfg.engine if mode == "federated" else "simulation")()
-        if mode == "federated":
-            n, labels = len(parts), len(data.label_names)
-            clients = Clients(model, method, train, list(parts), cfg.train, cfg.seed,
-                              Attack.from_config(cfg.attack, n, labels, cfg.seed),
-                              Faults(cfg.faults, n, labels, cfg.seed))
-            strategy = STRATEGIES.get(cfg.strategy.name)(cfg.strategy.options)
-            fraction = cfg.federation.fraction_fit
-        else:
-            clients = Clients(model, method, train, [np.arange(len(train))], cfg.train, cfg.seed)
-            strategy, fraction = FedAvg(FedAvgOptions()), 1.0
-        writer = RunWriter(run_dir / mode)
-        start, state = 0, initial
-        ckpt = writer.load_checkpoint()
-        if ckpt is not None:
-            start, state = ckpt.round, ckpt.state
-            strategy.load_state_dict(ckpt.strategy_state)
-            log(f"{mode}: resuming after round {start} of {cfg.federation.rounds}")
+        def run_mode(mode: str) -> ModeResult:
+            if mode == "local":
+                return run_local()
+            # The centralized baseline holds all training data in one place: it never federates, so it
+            # runs in process whatever engine the federated mode uses.
+            engine = ENGINES.get(cfg.engine if mode == "federated" else "simulation")()
+            if mode == "federated":
+                n, labels = len(parts), len(data.label_names)
+                clients = Clients(model, method, train, list(parts), cfg.train, cfg.seed,
+                                  Attack.from_config(cfg.attack, n, labels, cfg.seed),
+                                  Faults(cfg.faults, n, labels, cfg.seed))
+                strategy = STRATEGIES.get(cfg.strategy.name)(cfg.strategy.options)
+                fraction = cfg.federation.fraction_fit
+            else:
+                clients = Clients(model, method, train, [np.arange(len(train))], cfg.train, cfg.seed)
+                strategy, fraction = FedAvg(FedAvgOptions()), 1.0
+            writer = RunWriter(run_dir / mode)
+            start, state = 0, initial
+            ckpt = writer.load_checkpoint()
+            if ckpt is not None:
+                start, state = ckpt.round, ckpt.state
+                strategy.load_state_dict(ckpt.strategy_state)
+                log(f"{mode}: resuming after round {start} of {cfg.federation.rounds}")
 
-        def on_round(record: dict[str, Any], new_state: State) -> None:
-            writer.add_round(record, new_state, strategy.state_dict())
-            if on_record is not None:
-                on_record(mode, record)
+            def on_round(record: dict[str, Any], new_state: State) -> None:
+                writer.add_round(record, new_state, strategy.state_dict())
+                if on_record is not None:
+                    on_record(mode, record)
 
-        job = Job(clients, strategy, cfg.federation.rounds, fraction, evaluate, on_round, label=mode,
-                  start_round=start, initial_state=state, max_norm_factor=cfg.federation.max_norm_factor,
-                  min_clients=cfg.federation.min_clients if mode == "federated" else 0,
-                  eval_every=cfg.federation.eval_every if mode == "federated" else 1,
-                  patience=cfg.federation.centralized_patience if mode == "centralized" else 0,
-                  history=list(ckpt.records) if ckpt is not None else [])
-        final = engine.run(job)
-        writer.save_final(method, model, final)
-        return ModeResult(mode, writer.path, writer.records)
+            job = Job(clients, strategy, cfg.federation.rounds, fraction, evaluate, on_round, label=mode,
+                      start_round=start, initial_state=state, max_norm_factor=cfg.federation.max_norm_factor,
+                      min_clients=cfg.federation.min_clients if mode == "federated" else 0,
+                      eval_every=cfg.federation.eval_every if mode == "federated" else 1,
+                      patience=cfg.federation.centralized_patience if mode == "centralized" else 0,
+                      history=list(ckpt.records) if ckpt is not None else [])
+            final = engine.run(job)
+            writer.save_final(method, model, final)
+            return ModeResult(mode, writer.path, writer.records)
 
-    results = {mode: run_mode(mode) for mode in cfg.modes}
-    summary = side_by_side({m: r.records for m, r in results.items()}, headline_metric(data.kind))
-    atomic_write(run_dir / "summary.txt", summary + "\n")
-    log(f"\n{summary}\n\nresults: {run_dir}")
-    return results
+        results = {mode: run_mode(mode) for mode in cfg.modes}
+        summary = side_by_side({m: r.records for m, r in results.items()}, headline_metric(data.kind))
+        atomic_write(run_dir / "summary.txt", summary + "\n")
+        log(f"\n{summary}\n\nresults: {run_dir}")
+        return results

@@ -34,7 +34,7 @@ from fedcustom.core.config import (
     to_dict,
 )
 from fedcustom.core.errors import UserError
-from fedcustom.core.io import atomic_write
+from fedcustom.core.io import atomic_write, folder_lock
 from fedcustom.runs.experiment import resume_experiment, run_experiment
 
 # Config sections a centralized baseline never reads: cells differing only here share it.
@@ -205,6 +205,11 @@ def run_study(study: Study, output_dir: str | Path | None = None, log: Any = pri
             raise UserError(f"{folder} was made with a different config than study '{study.name}' now "
                             "gives it; rename the study or delete that folder")
     out.mkdir(parents=True, exist_ok=True)
+    with folder_lock(out):  # one process runs a study folder at a time
+        return run_all(study, out, log)
+
+
+def run_all(study: Study, out: Path, log: Any) -> Path:
     atomic_write(out / "study.json", json.dumps(study.index(), indent=1) + "\n")
     todo = [r for r in study.runs.values() if not r.done(out)]
     log(f"study {study.name}: {len(study.cells)} cells, {len(study.runs)} runs, "
