@@ -12,6 +12,7 @@ from typing import TYPE_CHECKING
 
 from fedcustom import __version__
 from fedcustom.core.errors import UserError
+from fedcustom.core.extras import missing_extra
 
 if TYPE_CHECKING:
     from fedcustom.core.config import ExperimentConfig
@@ -130,6 +131,12 @@ def main(argv: list[str] | None = None) -> int:
         args.func(args)
     except UserError as e:
         print(f"fedcustom: error: {e}", file=sys.stderr)
+        return 2
+    except ModuleNotFoundError as e:  # an optional package, imported where a command uses it
+        message = missing_extra(e, f"fedcustom {args.command}")
+        if message is None:
+            raise
+        print(f"fedcustom: error: {message}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("fedcustom: interrupted", file=sys.stderr)
