@@ -11,8 +11,8 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from fedcustom import __version__
+from fedcustom.core import extras
 from fedcustom.core.errors import UserError
-from fedcustom.core.extras import missing_extra
 
 if TYPE_CHECKING:
     from fedcustom.core.config import ExperimentConfig
@@ -128,12 +128,13 @@ def add_extension_commands(sub: argparse._SubParsersAction) -> None:
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
     try:
+        extras.check(getattr(args, "needs", ()), f"fedcustom {args.command}")  # a command's packages
         args.func(args)
     except UserError as e:
         print(f"fedcustom: error: {e}", file=sys.stderr)
         return 2
     except ModuleNotFoundError as e:  # an optional package, imported where a command uses it
-        message = missing_extra(e, f"fedcustom {args.command}")
+        message = extras.missing_extra(e, f"fedcustom {args.command}")
         if message is None:
             raise
         print(f"fedcustom: error: {message}", file=sys.stderr)

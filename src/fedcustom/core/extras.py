@@ -22,7 +22,6 @@ from fedcustom.core.errors import UserError
 EXTRAS: dict[str, str] = {
     "flwr": "flower",
     "ray": "flower",  # comes with flwr[simulation]
-    "cryptography": "flower",  # comes with flwr
     "opacus": "privacy",
     "faiss": "rag",  # faiss-cpu
     "cma": "blackbox",

@@ -7,7 +7,6 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from fedcustom.core import extras
 from fedcustom.core.errors import UserError
 from fedcustom.rag.federation import FederatedRetriever, Hit, RagClient, Traffic
 from fedcustom.rag.generate import Generator
@@ -36,7 +35,6 @@ def ask(question: str, retriever: FederatedRetriever, generator: Generator | Non
 def open_retriever(store_dirs: Sequence[str | Path], k: int = 5, per_client_k: int = 0, merge: str = "score",
                    rrf_k: int = 60, two_phase: bool = True) -> FederatedRetriever:
     """One client per saved store folder, each with the encoder it was built with."""
-    extras.check(("faiss",), "fedcustom rag ask")  # before any encoder loads
     clients = [RagClient(LocalStore.load(path)) for path in store_dirs]
     return FederatedRetriever(clients, k, per_client_k, merge, rrf_k, two_phase)
 
@@ -70,7 +68,6 @@ def read_documents(path: str | Path) -> list[Document]:
 def index_documents(store_dir: str | Path, docs_path: str | Path, encoder: str | None = None,
                     chunk_size: int = 150, chunk_overlap: int = 25) -> tuple[int, int]:
     """Create a store, or add to the one at `store_dir`; returns (passages added, passages in all)."""
-    extras.check(("faiss",), "fedcustom rag index")  # before the encoder loads
     store_dir = Path(store_dir)
     if store_dir.exists():
         store = LocalStore.load(store_dir)
