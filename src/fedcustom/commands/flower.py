@@ -102,6 +102,7 @@ def add_security(p: argparse.ArgumentParser, what: str) -> None:
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
     flower = sub.add_parser("flower", help="run across machines on Flower's deployment engine")
+    flower.set_defaults(needs=("flwr",))  # optional packages (core.extras), checked before it runs
     fsub = flower.add_subparsers(dest="flower_command", required=True)
 
     p = fsub.add_parser("certificates", help="make a CA and the SuperLink's TLS certificate")

@@ -53,6 +53,7 @@ def positive(text: str) -> int:
 
 def add_commands(sub: argparse._SubParsersAction) -> None:
     rag = sub.add_parser("rag", help="federated retrieval-augmented generation: every client keeps its index")
+    rag.set_defaults(needs=("faiss",))  # every client's store is a FAISS index (core.extras)
     rag_sub = rag.add_subparsers(dest="rag_command", required=True)
 
     index = rag_sub.add_parser("index", help="create a client's store from documents, or add to it")

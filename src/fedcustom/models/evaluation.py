@@ -10,6 +10,7 @@ from sklearn.metrics import f1_score
 from torch import nn
 
 from fedcustom.core.device import model_device
+from fedcustom.core.extras import require
 from fedcustom.data.batching import Encoded, eval_batches
 
 
@@ -42,8 +43,7 @@ def normalize(text: str) -> str:
 
 def generation_scores(predictions: list[str], references: list[str]) -> dict[str, float]:
     """Mean ROUGE-L F1 (rouge-score, stemmed) and normalized exact match over the pairs."""
-    from rouge_score import rouge_scorer
-
+    rouge_scorer = require("rouge_score.rouge_scorer", "ROUGE-L of generated text")
     scorer = rouge_scorer.RougeScorer(["rougeL"], use_stemmer=True)
     rouge = [scorer.score(ref, pred)["rougeL"].fmeasure for pred, ref in zip(predictions, references,
                                                                              strict=True)]

@@ -7,6 +7,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
+from fedcustom.core import extras
 from fedcustom.core.config import apply_overrides, build, check, opt, read_toml
 
 
@@ -99,6 +100,7 @@ class RagConfig:
     def __post_init__(self) -> None:
         check(self.threads >= 0, "threads", "an integer >= 0")
         check(bool(self.name) and "/" not in self.name, "name", "a non-empty name without '/'")
+        extras.check(("faiss",), "fedcustom rag")  # every client's store is a FAISS index
 
 
 def load_rag_config(path: str | Path | None = None, overrides: list[str] | None = None) -> RagConfig:

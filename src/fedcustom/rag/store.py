@@ -16,16 +16,21 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
-import faiss
 import numpy as np
 import torch
 
 from fedcustom.core.errors import UserError
+from fedcustom.core.extras import require
 from fedcustom.core.io import atomic_write
 from fedcustom.models.backbones import resolve
 
 STORE_FORMAT = "fedcustom-rag-store-1"
 INDEX_FILE, PASSAGES_FILE, META_FILE = "index.faiss", "passages.jsonl", "store.json"
+
+
+def faiss() -> Any:
+    """The faiss module (an optional package: the `rag` extra)."""
+    return require("faiss", "a RAG document store")
 
 
 @dataclass(frozen=True)
@@ -105,7 +110,7 @@ class LocalStore:
             raise UserError(f"chunk_overlap = {chunk_overlap}: expected 0 <= overlap < chunk_size "
                             f"({chunk_size})")
         self.encoder, self.chunk_size, self.chunk_overlap = encoder, chunk_size, chunk_overlap
-        self.index = faiss.IndexFlatIP(encoder.dim)
+        self.index = faiss().IndexFlatIP(encoder.dim)
         self.passages: list[Passage] = []
         self.doc_ids: set[str] = set()
 
@@ -154,7 +159,7 @@ class LocalStore:
         tmp = path.with_name(f".{path.name}.tmp")
         shutil.rmtree(tmp, ignore_errors=True)
         tmp.mkdir()
-        faiss.write_index(self.index, str(tmp / INDEX_FILE))
+        faiss().write_index(self.index, str(tmp / INDEX_FILE))
         atomic_write(tmp / PASSAGES_FILE, "".join(json.dumps(asdict(p)) + "\n" for p in self.passages))
         atomic_write(tmp / META_FILE, json.dumps(self.settings(), indent=2))
         old = path.with_name(f".{path.name}.old")
@@ -184,7 +189,7 @@ class LocalStore:
         if encoder.name != meta["encoder"] or encoder.dim != meta["dim"]:
             raise UserError(f"{path} was built with encoder '{meta['encoder']}', not '{encoder.name}'")
         store = cls(encoder, meta["chunk_size"], meta["chunk_overlap"])
-        store.index = faiss.read_index(str(path / INDEX_FILE))
+        store.index = faiss().read_index(str(path / INDEX_FILE))
         lines = (path / PASSAGES_FILE).read_text().splitlines()
         store.passages = [Passage(**json.loads(line)) for line in lines]
         store.doc_ids = {p.doc_id for p in store.passages}

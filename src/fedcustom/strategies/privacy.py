@@ -33,6 +33,7 @@ import numpy as np
 import torch
 
 from fedcustom.core.config import check, opt
+from fedcustom.core.extras import require
 from fedcustom.core.registry import STRATEGIES
 from fedcustom.core.types import State, Update
 from fedcustom.strategies.fedavg import FedAvg, FedAvgOptions
@@ -77,9 +78,9 @@ def privatize(global_state: State, state: State, clip_norm: float, noise_multipl
 
 def epsilon(noise_multiplier: float, sample_rate: float, rounds: int, delta: float) -> float:
     """Epsilon spent after `rounds` Gaussian-mechanism steps, from opacus's RDP accountant."""
-    from opacus.accountants import RDPAccountant  # slow import: only DP runs pay for it
+    accountants = require("opacus.accountants", "strategy 'dp_fedavg'")  # slow import: only DP runs pay
 
-    accountant = RDPAccountant()
+    accountant = accountants.RDPAccountant()
     for _ in range(rounds):
         accountant.step(noise_multiplier=noise_multiplier, sample_rate=sample_rate)
     return float(accountant.get_epsilon(delta)) if rounds else 0.0
@@ -106,7 +107,7 @@ class DPFedAvgOptions(FedAvgOptions):
         check(self.seed >= 0, "seed", "an integer >= 0")
 
 
-@STRATEGIES.register("dp_fedavg")
+@STRATEGIES.register("dp_fedavg", needs=("opacus",))
 class DPFedAvg(FedAvg):
     summary = "client-level DP: clip each delta, uniform mean, Gaussian noise (central or local), epsilon"
     uses_only_the_mean = False  # it clips every client's delta

@@ -3,18 +3,21 @@
 Each rule counts every client once, whatever its number of examples: weighting by a count the
 client reports itself would hand an attacker the weight it asks for. The arithmetic is Flower's
 (flwr.server.strategy.aggregate) on float64 numpy copies of the states; it is imported lazily
-because importing flwr.server costs a noticeable fraction of a second at CLI start-up.
+because importing flwr.server costs a noticeable fraction of a second at CLI start-up, and because
+flwr is an optional package (the `flower` extra): these three rules need it, the others do not.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from types import ModuleType
 
 import numpy as np
 import torch
 
 from fedcustom.core.config import check, opt
 from fedcustom.core.errors import UserError
+from fedcustom.core.extras import require
 from fedcustom.core.registry import STRATEGIES
 from fedcustom.core.types import State, Update
 from fedcustom.strategies.base import Strategy
@@ -29,6 +32,11 @@ def to_arrays(global_state: State, updates: list[Update]) -> list[tuple[Arrays, 
     return [([u.state[k].detach().cpu().double().numpy() for k in global_state], 1) for u in updates]
 
 
+def flower_aggregate(name: str) -> ModuleType:
+    """flwr.server.strategy.aggregate, or a one-line error naming the extra that installs flwr."""
+    return require("flwr.server.strategy.aggregate", f"strategy '{name}'")
+
+
 def to_state(arrays: Arrays, like: State) -> State:
     return {k: torch.from_numpy(np.asarray(a)).to(t.dtype).to(t.device)
             for (k, t), a in zip(like.items(), arrays, strict=True)}
@@ -39,15 +47,14 @@ class MedianOptions:
     pass
 
 
-@STRATEGIES.register("median")
+@STRATEGIES.register("median", needs=("flwr",))
 class Median(Strategy):
     summary = "coordinate-wise median of client states (unweighted by example count)"
     Options = MedianOptions
 
     def aggregate(self, global_state: State, updates: list[Update]) -> State:
-        from flwr.server.strategy.aggregate import aggregate_median
-
-        return to_state(aggregate_median(to_arrays(global_state, updates)), global_state)
+        aggregate = flower_aggregate(self.name)
+        return to_state(aggregate.aggregate_median(to_arrays(global_state, updates)), global_state)
 
 
 @dataclass(frozen=True)
@@ -59,16 +66,15 @@ class TrimmedMeanOptions:
         check(0 <= self.trim_fraction < 0.5, "trim_fraction", "a number in [0, 0.5)")
 
 
-@STRATEGIES.register("trimmed_mean")
+@STRATEGIES.register("trimmed_mean", needs=("flwr",))
 class TrimmedMean(Strategy):
     summary = "coordinate-wise mean after cutting the largest and smallest values (unweighted by examples)"
     Options = TrimmedMeanOptions
     options: TrimmedMeanOptions
 
     def aggregate(self, global_state: State, updates: list[Update]) -> State:
-        from flwr.server.strategy.aggregate import aggregate_trimmed_avg
-
-        arrays = aggregate_trimmed_avg(to_arrays(global_state, updates), self.options.trim_fraction)
+        aggregate = flower_aggregate(self.name)
+        arrays = aggregate.aggregate_trimmed_avg(to_arrays(global_state, updates), self.options.trim_fraction)
         return to_state(arrays, global_state)
 
 
@@ -82,7 +88,7 @@ class KrumOptions:
         check(self.multi_krum >= 1, "multi_krum", "an integer >= 1")
 
 
-@STRATEGIES.register("krum")
+@STRATEGIES.register("krum", needs=("flwr",))
 class Krum(Strategy):
     """Blanchard et al. (2017): score each state by its summed squared distance to its n-f-2
     nearest others and keep the lowest-scored (multi-Krum: average the m lowest)."""
@@ -92,8 +98,7 @@ class Krum(Strategy):
     options: KrumOptions
 
     def aggregate(self, global_state: State, updates: list[Update]) -> State:
-        from flwr.server.strategy.aggregate import aggregate_krum
-
+        aggregate = flower_aggregate(self.name)
         n, f, m = len(updates), self.options.num_malicious, self.options.multi_krum
         if n <= 2 * f + 2:
             raise UserError(
@@ -103,4 +108,4 @@ class Krum(Strategy):
         if m > n - f:
             raise UserError(f"strategy.multi_krum = {m}: expected at most clients per round - "
                             f"num_malicious = {n - f}")
-        return to_state(aggregate_krum(to_arrays(global_state, updates), f, m), global_state)
+        return to_state(aggregate.aggregate_krum(to_arrays(global_state, updates), f, m), global_state)

@@ -179,7 +179,7 @@ def local_result(metrics: Any) -> LocalResult:
 SIMULATION_RUN: dict[str, Any] = {}
 
 
-@ENGINES.register("flower-simulation")
+@ENGINES.register("flower-simulation", needs=("ray",))
 class FlowerSimulationEngine(FlowerEngine):
     """Flower's simulation engine (Ray): the same ServerApp and ClientApp as a deployment, each
     client a virtual SuperNode served by Ray actors on this machine (one CPU each). For
