@@ -51,7 +51,8 @@ CASES: dict[str, tuple[str | None, list[str]]] = {
                          "method.generations=1"]),
     "generation-prefix": (None, LM + ["data.dataset=bbc-headlines", "method.name=prefix",
                                       "method.num_virtual_tokens=4", "model.max_length=96",
-                                      "generation.eval_examples=2", "generation.max_new_tokens=4"]),
+                                      "generation.eval_examples=2", "generation.show_examples=1",
+                                      "generation.max_new_tokens=4"]),
 }
 VOLATILE = ("seconds", "peak_rss_mb")  # record keys that measure time or memory, not numbers
 
@@ -65,7 +66,7 @@ def run(src: Path, out: Path, only: list[str]) -> None:
         if (out / name / "summary.txt").is_file():
             continue  # done in an earlier call
         config = config or str(Path(__file__).parent / "empty.toml")
-        args = [sys.executable, "-c", "from fedcustom.cli import main; main()", "run",
+        args = [sys.executable, "-c", "import sys; from fedcustom.cli import main; sys.exit(main())", "run",
                 str(src.parent / config) if not Path(config).is_absolute() else config,
                 "--set", f"output_dir={out.resolve()}", "--set", f"name={name}"]
         for s in sets:
