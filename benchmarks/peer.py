@@ -75,6 +75,7 @@ def flower_apps(spec_json: str, marks: list[Mark]) -> tuple[Any, Any]:
     from flwr.serverapp import Grid, ServerApp
     from flwr.serverapp.strategy import FedAvg
 
+    from fedcustom.core.types import FitContext
     from fedcustom.federation.rounds import client_seed
 
     client_app = ClientApp()
@@ -85,7 +86,8 @@ def flower_apps(spec_json: str, marks: list[Mark]) -> tuple[Any, Any]:
         cid = int(context.node_config["partition-id"])
         server_round = int(msg.content["config"]["server-round"])
         method.set_state(model, dict(msg.content["arrays"].to_torch_state_dict()))
-        local = method.fit(model, data, parts[cid], cfg.train, client_seed(cfg.seed, server_round, cid))
+        ctx = FitContext(cid, server_round, client_seed(cfg.seed, server_round, cid))
+        local = method.fit(model, data, parts[cid], cfg.train, ctx)
         reply = RecordDict({"arrays": ArrayRecord(method.get_state(model)),
                             "metrics": MetricRecord({"num-examples": len(parts[cid]), "loss": local.loss})})
         return Message(reply, reply_to=msg)

@@ -25,6 +25,7 @@ def measure(cfg: Any, method_name: str, repeats: int) -> dict[str, float]:
     from fedcustom.core.config import component
     from fedcustom.core.device import autocast, resolve_device
     from fedcustom.core.registry import METHODS as REGISTRY
+    from fedcustom.core.types import FitContext
     from fedcustom.data import load_task_data
     from fedcustom.data.batching import encode_split
 
@@ -40,7 +41,7 @@ def measure(cfg: Any, method_name: str, repeats: int) -> dict[str, float]:
     spans: dict[str, list[Mark]] = {"train": [], "eval": [], "eval_small": []}
     for i in range(repeats):
         start = Mark.now()
-        method.fit(model, train, rows, cfg.train, seed=i)
+        method.fit(model, train, rows, cfg.train, FitContext(cid=0, server_round=i, seed=i))
         spans["train"].append(Mark.now() - start)
         with autocast(device, cfg.train.precision):
             start = Mark.now()
