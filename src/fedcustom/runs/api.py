@@ -10,7 +10,6 @@ TOML key, e.g. `federation__rounds=3`, `method__name="lora"`; a top-level key is
 
 from __future__ import annotations
 
-import copy
 import os
 from collections.abc import Mapping
 from dataclasses import dataclass, field, replace
@@ -104,7 +103,7 @@ def make_config(config: ConfigLike, overrides: Mapping[str, Any]) -> ExperimentC
             return config
         raw = to_dict(config)
     elif isinstance(config, Mapping):
-        raw = plain(copy.deepcopy(dict(config)))
+        raw = plain(config)  # a copy: the caller's dict is left as it is
     elif isinstance(config, str | os.PathLike):
         raw = read_toml(config)
     elif config is None:
@@ -129,10 +128,10 @@ def set_key(raw: dict[str, Any], key: str, value: Any) -> None:
 
 
 def plain(value: Any) -> Any:
-    """Paths as strings, at any depth: the config holds TOML values."""
+    """A copy with paths as strings, at any depth: the config holds TOML values."""
     if isinstance(value, os.PathLike):
         return os.fspath(value)
-    if isinstance(value, dict):
+    if isinstance(value, Mapping):
         return {k: plain(v) for k, v in value.items()}
     if isinstance(value, list | tuple):
         return [plain(v) for v in value]
