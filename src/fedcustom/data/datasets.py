@@ -155,8 +155,13 @@ def read_saved(path: Path) -> pd.DataFrame:
                 f"{path}: saved DatasetDict has splits {sorted(saved)}; "
                 "expected a 'train' split or a single split"
             )
-    frame = saved.to_pandas()
-    for column, feature in saved.features.items():
+    return frame_of(saved)
+
+
+def frame_of(ds: datasets.Dataset) -> pd.DataFrame:
+    """A Dataset as a DataFrame, class-label columns as their names (what a CSV would hold)."""
+    frame = ds.to_pandas()
+    for column, feature in ds.features.items():
         if isinstance(feature, datasets.ClassLabel):  # keep the names, not the ids
             frame[column] = [None if is_missing(v) or v < 0 else feature.int2str(int(v))
                              for v in frame[column]]
@@ -183,7 +188,7 @@ def encode_labels(values: list[Any]) -> tuple[np.ndarray, list[str]]:
     return np.array([index[k] for k in keys], dtype=np.int64), [str(k) for k in unique]
 
 
-def load_user_data(path: Path, text_column: str, label_column: str,
+def load_user_data(path: str | Path, text_column: str, label_column: str,
                    df: pd.DataFrame | None = None) -> Table:
     df = read_frame(path) if df is None else df
     for role, column in (("text", text_column), ("label", label_column)):
@@ -215,7 +220,7 @@ def has_pairs(df: pd.DataFrame, cfg: DataConfig) -> bool:
     return {cfg.prompt_column, cfg.response_column} <= set(df.columns)
 
 
-def load_user_pairs(path: Path, df: pd.DataFrame, cfg: DataConfig) -> Table:
+def load_user_pairs(path: str | Path, df: pd.DataFrame, cfg: DataConfig) -> Table:
     if len(df) == 0:  # first: an empty file has no columns either
         raise UserError(f"{path}: the dataset has no rows")
     for role, column in (("prompt", cfg.prompt_column), ("response", cfg.response_column)):
@@ -250,10 +255,14 @@ def load_table(cfg: DataConfig) -> Table:
             f"unknown dataset '{cfg.dataset}'; expected one of: {', '.join(DATASETS.names())}, "
             "or a path to a .csv/.jsonl file or a saved dataset directory"
         )
-    df = read_frame(path)
+    return user_table(path, read_frame(path), cfg)
+
+
+def user_table(source: str | Path, df: pd.DataFrame, cfg: DataConfig) -> Table:
+    """User rows (`source` names them in errors) as labelled text, or as prompt/response pairs."""
     if cfg.task == "generation" or (cfg.task == "auto" and has_pairs(df, cfg)):
-        return load_user_pairs(path, df, cfg)
-    return load_user_data(path, cfg.text_column, cfg.label_column, df)
+        return load_user_pairs(source, df, cfg)
+    return load_user_data(source, cfg.text_column, cfg.label_column, df)
 
 
 # --- splitting ---------------------------------------------------------------------------------
@@ -283,7 +292,11 @@ def to_dataset(table: Table, rows: np.ndarray) -> datasets.Dataset:
 
 
 def load_task_data(cfg: DataConfig) -> TaskData:
-    table = load_table(cfg)
+    return split_table(load_table(cfg), cfg, cfg.dataset)
+
+
+def split_table(table: Table, cfg: DataConfig, name: str) -> TaskData:
+    """Hold out the test (and validation) rows of a whole dataset, seeded by data.split_seed."""
     rng = np.random.default_rng(cfg.split_seed)
     order = rng.permutation(len(table.texts))
     test, rest = hold_out(order, table.labels, cfg.test_fraction)
@@ -294,17 +307,23 @@ def load_task_data(cfg: DataConfig) -> TaskData:
     for split, size in sizes.items():
         if size == 0 and (split != "validation" or cfg.validation_fraction > 0):
             raise UserError(
-                f"dataset '{cfg.dataset}': {len(order)} examples are too few for test_fraction "
+                f"dataset '{name}': {len(order)} examples are too few for test_fraction "
                 f"{cfg.test_fraction} and validation_fraction {cfg.validation_fraction} "
                 f"(the {split} split would be empty)"
             )
+    return task_data(name, table, rest, test, validation if cfg.validation_fraction > 0 else None, cfg)
+
+
+def task_data(name: str, table: Table, train: np.ndarray, test: np.ndarray,
+              validation: np.ndarray | None, cfg: DataConfig) -> TaskData:
+    """The splits' rows of `table` (each in shuffled order) as datasets, after data.max_*_examples."""
     # Caps take a prefix of the shuffled order: deterministic, and test never overlaps train.
-    train = rest[: cfg.max_train_examples or None]
+    train = train[: cfg.max_train_examples or None]
     test = test[: cfg.max_test_examples or None]
     return TaskData(
-        name=cfg.dataset,
+        name=name,
         train=to_dataset(table, train),
         test=to_dataset(table, test),
-        validation=to_dataset(table, validation) if cfg.validation_fraction > 0 else None,
+        validation=to_dataset(table, validation) if validation is not None else None,
         label_names=list(table.label_names),
     )

@@ -27,7 +27,7 @@ from fedcustom.core.errors import UserError
 from fedcustom.core.io import atomic_write, check_writable, folder_lock, new_run_dir
 from fedcustom.core.registry import ENGINES, METHODS, STRATEGIES
 from fedcustom.core.types import State
-from fedcustom.data import load_task_data, partition_indices, partition_table
+from fedcustom.data import TaskData, load_task_data, partition_indices, partition_table
 from fedcustom.federation.attacks import Attack
 from fedcustom.federation.faults import Faults
 from fedcustom.federation.local import local_records, local_sample, train_alone
@@ -37,6 +37,7 @@ from fedcustom.runs.summary import headline_metric, side_by_side
 from fedcustom.strategies.fedavg import FedAvg, FedAvgOptions
 from fedcustom.tasks import task_for
 
+LABELS = "labels.json"
 RecordHook = Callable[[str, dict[str, Any]], None]  # (mode, record), once the record is saved
 
 
@@ -48,9 +49,10 @@ class ModeResult:
 
 
 def run_experiment(cfg: ExperimentConfig, log: Any = print, on_record: RecordHook | None = None,
-                   into: Path | None = None) -> dict[str, ModeResult]:
-    """Run every mode of `cfg` in a new run folder: OUTPUT_DIR/NAME-TIME, or exactly `into`."""
-    return execute(cfg, None, log, on_record, into)
+                   into: Path | None = None, data: TaskData | None = None) -> dict[str, ModeResult]:
+    """Run every mode of `cfg` in a new run folder: OUTPUT_DIR/NAME-TIME, or exactly `into`.
+    `data`: already loaded splits (in-memory data, data/memory.py) instead of cfg.data's."""
+    return execute(cfg, None, log, on_record, into, data)
 
 
 def resume_experiment(run_dir: str | Path, log: Any = print,
@@ -63,12 +65,13 @@ def resume_experiment(run_dir: str | Path, log: Any = print,
 
 
 def execute(cfg: ExperimentConfig, resume_dir: Path | None, log: Any,
-            on_record: RecordHook | None, into: Path | None = None) -> dict[str, ModeResult]:
+            on_record: RecordHook | None, into: Path | None = None,
+            data: TaskData | None = None) -> dict[str, ModeResult]:
     torch.set_num_threads(cfg.threads or os.cpu_count() or 1)
     check_writable(resume_dir or into or Path(cfg.output_dir))  # before anything loads
     device = resolve_device(cfg.device)  # a missing GPU fails here, before anything loads
     check_precision(device, cfg.train.precision)
-    data = load_task_data(cfg.data)
+    data = data if data is not None else load_task_data(cfg.data)
     parts = partition_indices(data.train, cfg.partition, cfg.seed)  # fails early on a bad split
     method = METHODS.get(cfg.method.name)(cfg.method.options)
     task = task_for(cfg, method, data)
@@ -82,6 +85,9 @@ def execute(cfg: ExperimentConfig, resume_dir: Path | None, log: Any,
             atomic_write(run_dir / "config.toml", dumps(cfg))
         table = partition_table(data.train, parts, data.label_names)
         atomic_write(run_dir / "partition.txt", table + "\n")
+        # what a model loaded from this folder needs of the data (runs/trained.py), even when the
+        # data is gone (in-memory data) or slow to read again
+        atomic_write(run_dir / LABELS, json.dumps({"task": data.kind, "labels": data.label_names}) + "\n")
         log(f"run folder: {run_dir}\n{data.name}: {len(data.train)} train / {len(data.test)} test "
             f"examples, labels {data.label_names}\n{table}")
 

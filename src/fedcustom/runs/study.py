@@ -150,7 +150,11 @@ def matters_to_centralized(overrides: dict[str, Any]) -> bool:
 
 def load_study(path: str | Path, overrides: list[str] | None = None) -> Study:
     """Read and check a study file: every cell's config is built here, before anything runs."""
-    raw = apply_overrides(read_toml(path), list(overrides or []))
+    return study_from(apply_overrides(read_toml(path), list(overrides or [])), path)
+
+
+def study_from(raw: dict[str, Any], path: str | Path) -> Study:
+    """A study file's tables, already read (`path` gives the default name and names errors)."""
     unknown = sorted(set(raw) - {"study", "base", "grid"})
     if unknown:
         raise ConfigError(f"{path}: unknown table '{unknown[0]}'; expected [study], [base] and [grid]")
