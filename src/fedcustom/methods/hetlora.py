@@ -36,6 +36,7 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+from peft.tuners.lora import LoraLayer
 from torch import nn
 
 from fedcustom.core.config import TrainConfig, check, opt
@@ -65,8 +66,6 @@ class HetLoraOptions(LoraOptions):
 def rank_axes(model: nn.Module) -> dict[str, int]:
     """Every LoRA matrix of `model` by parameter name, with its rank axis (A: 0, B: 1), found by
     walking PEFT's LoRA layers."""
-    from peft.tuners.lora import LoraLayer
-
     names = {id(p): n for n, p in model.named_parameters()}
     axes = {}
     for module in model.modules():
