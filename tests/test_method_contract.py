@@ -49,6 +49,8 @@ class Case:
 CASES = {
     "prefix": Case("encoder", {"name": "fedavg"}, {"num_virtual_tokens": 4}),
     "lora": Case("encoder", {"name": "fedavg"}),
+    # client 0 (the one whose upload the suite checks) trains rank 2 of the global rank 4
+    "hetlora": Case("encoder", {"name": "fedavg"}, {"rank": 4, "client_ranks": [2, 4]}),
     "prompt": Case("encoder", {"name": "fedavg"}, {"num_virtual_tokens": 4}),
     "full": Case("encoder", {"name": "fedavg"}),
     "distill": Case("encoder", {"name": "consensus"}, {"public_size": 24, "server_epochs": 1}),

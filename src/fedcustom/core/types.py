@@ -56,3 +56,22 @@ class Update:
 
     state: State
     examples: int
+
+
+# Ownership masks (exchange "masked-weights"): beside an entry `k`, a state may hold the entry
+# owned_key(k), a bool tensor that broadcasts to k's shape and is True where the sender trained k
+# (a client with a smaller LoRA rank trains only the first components of each matrix). Every
+# client's state has the same keys and shapes; the mask says which elements are its own. FedAvg
+# averages each element over the clients that own it, and update screening measures only what a
+# sender owns. An entry without a mask is owned whole by every sender.
+OWNED = "owned:"
+
+
+def owned_key(key: str) -> str:
+    """The key of entry `key`'s ownership mask."""
+    return OWNED + key
+
+
+def is_owned_key(key: str) -> bool:
+    """Is `key` an ownership mask (bookkeeping, not a weight)?"""
+    return key.startswith(OWNED)

@@ -13,7 +13,7 @@ from fedcustom.federation.rounds import Job
 
 class Engine(ABC):
     # What the engine can carry between server and clients (see Method.exchange).
-    exchanges: frozenset[str] = frozenset({"weights", "logits", "scores", "none"})
+    exchanges: frozenset[str] = frozenset({"weights", "masked-weights", "logits", "scores", "none"})
 
     @classmethod
     def launch(cls, cfg: ExperimentConfig, resume_dir: Path | None = None) -> Path | None:

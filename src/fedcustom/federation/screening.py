@@ -15,7 +15,7 @@ from typing import Any
 
 import torch
 
-from fedcustom.core.types import State, Update
+from fedcustom.core.types import State, Update, is_owned_key, owned_key
 
 Sender = int | str  # a client id, or SECURE_MEAN: the securely aggregated mean of several clients
 SECURE_MEAN = "secure mean"
@@ -40,8 +40,16 @@ def structural_problem(global_state: State, update: State) -> str | None:
 
 
 def delta_norm(global_state: State, update: State) -> float:
-    """||update - global|| over all tensors together, in float64."""
-    total = sum(float(((update[k].double() - g.double()) ** 2).sum()) for k, g in global_state.items())
+    """||update - global|| over all tensors together, in float64, over what the sender owns: an
+    ownership mask (core.types.owned_key) is bookkeeping, and the elements it marks False are not
+    the sender's (a smaller-rank LoRA client sends zeros there, which is no move of its own)."""
+    total = 0.0
+    for key, g in global_state.items():
+        if is_owned_key(key):
+            continue
+        delta = update[key].double() - g.double()
+        mask = update.get(owned_key(key))
+        total += float(((delta if mask is None else delta * mask) ** 2).sum())
     return math.sqrt(total)
 
 

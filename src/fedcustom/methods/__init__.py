@@ -5,6 +5,7 @@ from fedcustom.methods import (  # noqa: F401  (each registers itself)
     bbpt,
     distill,
     full,
+    hetlora,
     lora,
     prefix,
     prompt,

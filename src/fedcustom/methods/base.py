@@ -29,7 +29,8 @@ from fedcustom.models.evaluation import evaluate_classifier
 class Method(ABC):
     name: ClassVar[str]  # set by the registry from the registered name
     summary: ClassVar[str]
-    # What the method exchanges: weights | logits | scores | none (see DESIGN.md).
+    # What the method exchanges: weights | masked-weights (weights with ownership masks, see
+    # core.types.owned_key) | logits | scores | none (see DESIGN.md).
     exchange: ClassVar[str] = "weights"
     # The task kinds (fedcustom.tasks) the method can train: its model builder and loss fit these.
     tasks: ClassVar[frozenset[str]] = frozenset({"classification"})

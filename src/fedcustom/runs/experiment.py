@@ -26,7 +26,7 @@ from fedcustom.core.device import autocast, check_precision, resolve_device
 from fedcustom.core.errors import UserError
 from fedcustom.core.io import atomic_write, check_writable, folder_lock, new_run_dir
 from fedcustom.core.registry import ENGINES, METHODS, STRATEGIES
-from fedcustom.core.types import State
+from fedcustom.core.types import State, is_owned_key
 from fedcustom.data import TaskData, load_task_data, partition_indices, partition_table
 from fedcustom.federation.attacks import Attack
 from fedcustom.federation.faults import Faults
@@ -94,7 +94,7 @@ def execute(cfg: ExperimentConfig, resume_dir: Path | None, log: Any,
         method.prepare(model)
         model.to(device)  # once; batches follow it, states come back to the CPU (see core/device.py)
         initial = method.get_state(model)  # every mode starts from this initialization
-        n_params = sum(v.numel() for v in initial.values())
+        n_params = sum(v.numel() for k, v in initial.items() if not is_owned_key(k))  # masks: bookkeeping
         log(f"method {method.name}: {n_params:,} trainable parameters")
 
         train = task.encode(data.train, tokenizer, cfg)

@@ -11,7 +11,7 @@ from typing import Any, ClassVar
 
 import torch
 
-from fedcustom.core.types import Instructions, State, Update
+from fedcustom.core.types import Instructions, State, Update, is_owned_key, owned_key
 
 
 class Strategy(ABC):
@@ -57,3 +57,26 @@ def weighted_mean(updates: list[Update]) -> State:
         out[key] = acc.to(first[key].dtype)  # type: ignore[union-attr]
     return out
 
+
+
+def owned_mean(global_state: State, updates: list[Update]) -> State:
+    """Per element, the example-weighted mean of the client states over the clients that own it
+    (an entry's ownership mask, core.types.owned_key, says where; an entry without one is owned
+    whole by every client). An element no client owns keeps its global value; masks keep the
+    global's. Without masks, or with masks that are all True, this is weighted_mean bit for bit:
+    the same float64 products, summed in the same order."""
+    if not updates:
+        raise ValueError("cannot aggregate zero client results")
+    plain = [k for k in global_state if not is_owned_key(k) and owned_key(k) not in global_state]
+    mean = weighted_mean([Update({k: u.state[k] for k in plain}, u.examples) for u in updates])
+    out = {}
+    for key, old in global_state.items():
+        if key in mean or is_owned_key(key):
+            out[key] = mean.get(key, old)
+            continue
+        weights = [u.state[owned_key(key)].double() * u.examples for u in updates]  # broadcastable
+        owners = sum(weights)  # examples behind each element
+        acc = sum(u.state[key].double() * torch.where(owners > 0, w / owners, 0.0)
+                  for u, w in zip(updates, weights, strict=True))
+        out[key] = torch.where(owners > 0, acc, old.double()).to(old.dtype)  # type: ignore[arg-type]
+    return out

@@ -1,8 +1,10 @@
 """FedAvg (McMahan et al., 2017) as server SGD on the averaged client delta.
 
 With server_lr 1 and momentum 0 the new global state is the example-weighted mean of the client
-states. A server momentum > 0 is FedAvgM (Hsu et al., 2019): it carries the direction of past
-rounds, which matters when each client takes only a few local steps per round.
+states; where states carry ownership masks (exchange "masked-weights": heterogeneous LoRA ranks),
+each element's mean is over the clients that own it (strategies.base.owned_mean). A server
+momentum > 0 is FedAvgM (Hsu et al., 2019): it carries the direction of past rounds, which matters
+when each client takes only a few local steps per round.
 """
 
 from __future__ import annotations
@@ -13,8 +15,8 @@ import torch
 
 from fedcustom.core.config import check, opt
 from fedcustom.core.registry import STRATEGIES
-from fedcustom.core.types import State, Update
-from fedcustom.strategies.base import Strategy, weighted_mean
+from fedcustom.core.types import State, Update, is_owned_key
+from fedcustom.strategies.base import Strategy, owned_mean
 
 
 @dataclass(frozen=True)
@@ -30,7 +32,8 @@ class FedAvgOptions:
 @STRATEGIES.register("fedavg")
 class FedAvg(Strategy):
     summary = "example-weighted average of client states; server lr and momentum (FedAvgM)"
-    uses_only_the_mean = True
+    accepts = frozenset({"weights", "masked-weights"})
+    uses_only_the_mean = True  # of plain weights (secure aggregation cannot carry masks)
     Options = FedAvgOptions
     options: FedAvgOptions
 
@@ -39,10 +42,13 @@ class FedAvg(Strategy):
         self.velocity: State = {}
 
     def aggregate(self, global_state: State, updates: list[Update]) -> State:
-        mean = weighted_mean(updates)
+        mean = owned_mean(global_state, updates)
         lr, beta = self.options.server_lr, self.options.momentum
         out = {}
         for key, old in global_state.items():
+            if is_owned_key(key):  # the global model owns all of itself: its masks stay
+                out[key] = old
+                continue
             step = mean[key] - old
             if beta > 0:
                 self.velocity[key] = beta * self.velocity.get(key, torch.zeros_like(step)) + step

@@ -110,6 +110,7 @@ class DPFedAvgOptions(FedAvgOptions):
 @STRATEGIES.register("dp_fedavg", needs=("opacus",))
 class DPFedAvg(FedAvg):
     summary = "client-level DP: clip each delta, uniform mean, Gaussian noise (central or local), epsilon"
+    accepts = frozenset({"weights"})  # it clips and noises whole deltas: no ownership masks
     uses_only_the_mean = False  # it clips every client's delta
     Options = DPFedAvgOptions
     options: DPFedAvgOptions
