@@ -58,7 +58,7 @@ class Plan:
     budgets: dict[str, float]  # seconds per part
 
 
-GPU = Plan(TrainPlan("cuda", LLAMA_1B, batch=8, seq=512, warmup_steps=3, timed_steps=10),
+GPU = Plan(TrainPlan("cuda", LLAMA_1B, batch=8, seq=512, warmup_steps=3, timed_steps=20),
            BASE, overhead_quick=False, overhead_repeats=3, overhead_max_length=128,
            overhead_words=(40, 120),
            budgets={"device": 15, "train": 200, "overhead": 100, "lora_4bit": 75, "tests": 60})
@@ -101,11 +101,12 @@ def device_part(plan: Plan, out: dict[str, Any], _deadline: float) -> None:
     props = torch.cuda.get_device_properties(0)
     free, total = torch.cuda.mem_get_info(0)
     out.update(device=torch.cuda.get_device_name(0), device_count=torch.cuda.device_count(),
-               total_memory_gb=total / 2**30, free_memory_gb=free / 2**30,
+               total_memory_gib=total / 2**30, free_memory_gib=free / 2**30,
                capability=f"{props.major}.{props.minor}", multiprocessors=props.multi_processor_count,
                bf16_supported=torch.cuda.is_bf16_supported())
-    print(f"gpu: device: {out['device']}, {out['total_memory_gb']:.1f} GiB "
-          f"({out['free_memory_gb']:.1f} free), capability {out['capability']}, bf16 {out['bf16_supported']}")
+    print(f"gpu: device: {out['device']}, {out['total_memory_gib']:.1f} GiB "
+          f"({out['free_memory_gib']:.1f} free), capability {out['capability']}, "
+          f"bf16 {out['bf16_supported']}")
 
 
 def overhead_part(plan: Plan, out: dict[str, Any], _deadline: float, opts: Options) -> None:

@@ -87,7 +87,7 @@ def measure(model: Any, method: Any, plan: TrainPlan, precision: str, seed: int 
         "tokens_per_s": tokens / wall, "ms_per_step": 1000 * wall / max(result.steps, 1),
         "loss": result.loss,
         "trainable_parameters": sum(p.numel() for p in method.trainable(model).values()),
-        "max_memory_allocated_gb": torch.cuda.max_memory_allocated(device) / 2**30 if cuda else None,
+        "max_memory_allocated_gib": torch.cuda.max_memory_allocated(device) / 2**30 if cuda else None,
     }
 
 
@@ -126,8 +126,9 @@ def train_part(plan: TrainPlan, out: dict[str, Any], deadline: float) -> None:
         settings[key] = {"status": "running"}
         settings[key] = {"status": "ok", **measure(model, method, plan, precision),
                          "setting_wall_s": time.monotonic() - start}
-        print(f"gpu: train {key}: {settings[key]['tokens_per_s']:.0f} tokens/s, "
-              f"peak {settings[key]['max_memory_allocated_gb'] or 0:.1f} GB")
+        peak = settings[key]["max_memory_allocated_gib"]
+        print(f"gpu: train {key}: {settings[key]['tokens_per_s']:.0f} tokens/s"
+              + (f", peak {peak:.1f} GiB" if peak is not None else ""))
         del model, method, lm
         longest = max(longest, time.monotonic() - start)
     free_memory()
@@ -156,10 +157,11 @@ def lora_4bit_part(plan: TrainPlan, out: dict[str, Any]) -> None:
         quant = BitsAndBytesConfig(load_in_4bit=True, bnb_4bit_quant_type="nf4",
                                    bnb_4bit_compute_dtype=torch.bfloat16)
         lm = LlamaForCausalLM.from_pretrained(tmp, quantization_config=quant, device_map={"": 0})
-    out["weights_memory_gb"] = torch.cuda.memory_allocated() / 2**30
+    out["weights_memory_gib"] = torch.cuda.memory_allocated() / 2**30
     model, method = task_model(lm, LORA)  # PEFT puts the LoRA tensors beside their 4-bit layers
     out.update(measure(model, method, plan, "bf16"))
     out["status"] = "ok"
-    print(f"gpu: lora_4bit: {out['tokens_per_s']:.0f} tokens/s, peak {out['max_memory_allocated_gb']:.1f} GB")
+    print(f"gpu: lora_4bit: {out['tokens_per_s']:.0f} tokens/s, "
+          f"peak {out['max_memory_allocated_gib']:.1f} GiB")
     del model, method, lm
     free_memory()
