@@ -40,7 +40,7 @@ from typing import Any
 import torch
 
 from benchmarks.common import GPU_PARTS, RESULTS, ROOT, Options, git_commit, machine_info
-from benchmarks.gpu_train import LLAMA_1B, LLAMA_TINY, TrainPlan, lora_4bit_part, train_part
+from benchmarks.gpu_train import LLAMA_1B, LLAMA_TINY, TrainPlan, free_memory, lora_4bit_part, train_part
 from benchmarks.offline import BASE, TINY, EncoderShape, write_encoder_dir, write_reviews_csv
 
 PARTS = GPU_PARTS
@@ -211,6 +211,7 @@ def run(opts: Options) -> dict[str, Any]:
         except Exception as e:  # noqa: BLE001 - a failed part is recorded; the next part still runs
             part["status"] = f"failed: {type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
             part["traceback"] = traceback.format_exc().splitlines()[-12:]
+        free_memory()  # what a stopped or failed part left on the GPU
         part["wall_s"] = time.monotonic() - part_start
         print(f"gpu: {name}: {part['status']} ({part['wall_s']:.1f} s)")
         report["total_wall_s"] = time.monotonic() - start
