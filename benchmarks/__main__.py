@@ -9,9 +9,9 @@ import sys
 import time
 from pathlib import Path
 
-from benchmarks.common import RESULTS, Options
+from benchmarks.common import GPU_PARTS, RESULTS, Options
 
-BENCHMARKS = ("overhead", "throughput", "scale", "peer")
+BENCHMARKS = ("overhead", "throughput", "scale", "peer")  # `all`: the CPU suite
 
 
 def load(name: str):  # noqa: ANN201 - a benchmark module
@@ -27,7 +27,7 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(load(kind).point(spec)))
         return 0
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
-    parser.add_argument("which", choices=[*BENCHMARKS, "all"])
+    parser.add_argument("which", choices=[*BENCHMARKS, "gpu", "all"])
     parser.add_argument("--quick", action="store_true", help="small sizes (about 3 minutes for all)")
     parser.add_argument("--model", default="minilm", help="packaged model name or local model directory")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
@@ -35,13 +35,22 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=RESULTS, help="folder for NAME.json results")
     parser.add_argument("--repeats", type=int, default=0, help="repeats per measurement (0: default)")
     parser.add_argument("--clients", default="10,100,1000", help="client counts of the scale benchmark")
+    parser.add_argument("--dry-run", action="store_true",
+                        help="gpu: the same code on the CPU with a tiny model (checks the script)")
+    parser.add_argument("--budget", type=float, default=450.0, help="gpu: seconds for all its parts")
+    parser.add_argument("--parts", default=",".join(GPU_PARTS), help="gpu: comma-separated parts to run")
     args = parser.parse_args(argv)
+    parts = tuple(p for p in args.parts.split(",") if p)
+    if unknown := [p for p in parts if p not in GPU_PARTS]:
+        parser.error(f"--parts {args.parts!r}: unknown {', '.join(unknown)}; "
+                     f"expected some of {','.join(GPU_PARTS)}")
     try:
         clients = tuple(int(c) for c in args.clients.split(","))
     except ValueError:
         parser.error(f"--clients {args.clients!r}: expected comma-separated integers, e.g. 10,100,1000")
     opts = Options(args.quick, args.model, args.set, args.out, args.repeats, clients,
-                   command=shlex.join(["python", "-m", "benchmarks", *argv]))
+                   command=shlex.join(["python", "-m", "benchmarks", *argv]), dry_run=args.dry_run,
+                   budget=args.budget, parts=parts)
     from fedcustom.core.errors import UserError
 
     start = time.perf_counter()

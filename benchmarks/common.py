@@ -28,6 +28,7 @@ import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 RESULTS = ROOT / "benchmarks" / "results"
+GPU_PARTS = ("device", "train", "overhead", "lora_4bit", "tests")  # benchmarks/gpu.py, in order
 
 
 @dataclass
@@ -41,6 +42,9 @@ class Options:
     repeats: int = 0  # 0: the benchmark's default (fewer with --quick)
     clients: tuple[int, ...] = (10, 100, 1000)  # the scale benchmark's client counts
     command: str = ""
+    dry_run: bool = False  # gpu: the same code on the CPU with a tiny model
+    budget: float = 450.0  # gpu: seconds for all its parts
+    parts: tuple[str, ...] = GPU_PARTS  # gpu: which of its parts to run
 
 
 def experiment_config(opts: Options, own: Sequence[str]) -> Any:
@@ -75,9 +79,25 @@ def machine_info() -> dict[str, Any]:
         "torch": torch.__version__,
         "torch_threads": torch.get_num_threads(),
         "cuda": torch.cuda.is_available(),
+        **({"gpu": torch.cuda.get_device_name(0), "torch_cuda": torch.version.cuda}
+           if torch.cuda.is_available() else {}),
         "transformers": transformers.__version__,
         "peft": peft.__version__,
     }
+
+
+def git_commit() -> str:
+    """HEAD of the checkout (with '+dirty' when files differ from it); where there is no git (a
+    copy of the tree on another machine), the commit `gpu.sh --prepare` saved in .whl/COMMIT."""
+    try:
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=ROOT, capture_output=True, text=True,
+                              check=True, timeout=10).stdout.strip()
+        dirty = subprocess.run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=ROOT,
+                               capture_output=True, text=True, check=True, timeout=10).stdout.strip()
+        return head + ("+dirty" if dirty else "")
+    except (OSError, subprocess.SubprocessError):
+        saved = ROOT / ".whl" / "COMMIT"
+        return saved.read_text().strip() if saved.is_file() else "unknown (no git here)"
 
 
 def median(values: Sequence[float]) -> float:
@@ -107,6 +127,7 @@ def write_result(opts: Options, name: str, settings: dict[str, Any], results: di
     payload = {
         "benchmark": name,
         "command": opts.command,
+        "commit": git_commit(),
         "created": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
         "quick": opts.quick,
         "machine": machine_info(),

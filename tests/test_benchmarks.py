@@ -5,11 +5,14 @@ No timing thresholds: speed claims live in benchmarks/results, measured on the r
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
+import time
 from pathlib import Path
 
 import pytest
+import torch
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -110,3 +113,100 @@ def test_peer_against_flower_simulation(bench) -> None:
     for side in ("fedcustom", "flower"):
         assert len(runs[side]) == 1
         assert len(runs[side][0]["round_s"]) == 2 and runs[side][0]["tree_peak_pss_mb"] > 0
+
+
+@pytest.fixture
+def gpu_check(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """Run `python -m benchmarks gpu ARGS --out DIR` in process; return its exit code and folder."""
+    monkeypatch.syspath_prepend(str(ROOT))
+    monkeypatch.delenv("OUT", raising=False)
+    from benchmarks.__main__ import main
+
+    def run(*args: str) -> tuple[int, Path]:
+        return main(["gpu", *args, "--out", str(tmp_path)]), tmp_path
+
+    return run
+
+
+def test_gpu_check_dry_run_runs_its_parts_on_the_cpu(gpu_check) -> None:
+    """Every part but `tests` (a pytest in a fresh process: see the next test)."""
+    code, out = gpu_check("--dry-run", "--parts", "device,train,overhead,lora_4bit")
+    assert code == 0
+    result = json.loads((out / "gpu-dry-run.json").read_text())
+    assert result["dry_run"] and result["commit"] and result["command"].startswith("python -m benchmarks gpu")
+    assert result["machine"]["torch"] and result["plan"]["train"]["llama"]["num_hidden_layers"] == 2
+    parts = result["parts"]
+    assert list(parts) == ["device", "train", "overhead", "lora_4bit", "tests"]
+    assert all(p["wall_s"] >= 0 for p in parts.values())
+    for name in ("device", "train", "overhead"):
+        assert parts[name]["status"] == "ok", (name, parts[name])
+    settings = parts["train"]["result"]["settings"]
+    assert set(settings) == {"lora_fp32", "lora_bf16", "prefix_fp32", "prefix_bf16"}
+    for s in settings.values():
+        assert s["steps"] == 2 and s["tokens"] == 2 * 8 * 32 and s["tokens_per_s"] > 0
+        assert math.isfinite(s["loss"]) and s["trainable_parameters"] > 0
+    overhead = parts["overhead"]["result"]
+    assert overhead["results"]["optimizer_steps"] == 8 and overhead["ratios"]["wall_time_ratio"] > 0
+    assert parts["lora_4bit"]["status"].startswith("unavailable: ")  # no 4-bit layers on a CPU
+    assert parts["tests"]["status"] == "skipped: not asked for (--parts)"
+
+
+def test_gpu_check_runs_the_gpu_marked_tests(gpu_check, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The `tests` part runs pytest -m gpu on the files that mark tests so (a dry run collects
+    them only); a failing pytest fails the part, not the check."""
+    import subprocess
+
+    from benchmarks import gpu
+
+    calls, real_run = [], subprocess.run
+
+    def fake_pytest(cmd: list[str], **kwargs) -> subprocess.CompletedProcess:
+        if "pytest" not in cmd:  # git, for the commit
+            return real_run(cmd, **kwargs)
+        calls.append(cmd)
+        return subprocess.CompletedProcess(cmd, 1 if len(calls) == 2 else 0, "6 tests collected\n", "")
+
+    monkeypatch.setattr(gpu.subprocess, "run", fake_pytest)
+    for expected in ("ok", "failed: RuntimeError: pytest exit 1: 6 tests collected"):
+        code, out = gpu_check("--dry-run", "--parts", "tests")
+        assert code == 0
+        part = json.loads((out / "gpu-dry-run.json").read_text())["parts"]["tests"]
+        assert part["status"] == expected and part["result"]["summary"] == "6 tests collected"
+    cmd = calls[0]
+    assert cmd[1:4] == ["-m", "pytest", "-q"] and cmd[cmd.index("-m", 3) + 1] == "gpu"
+    assert "tests/test_gpu.py" in cmd and "tests/test_benchmarks.py" not in cmd
+    assert cmd[-1] == "--collect-only"
+
+
+def test_gpu_check_records_parts_out_of_time(gpu_check, monkeypatch: pytest.MonkeyPatch) -> None:
+    from benchmarks import gpu
+
+    code, out = gpu_check("--dry-run", "--budget", "0")  # nothing left: every part skipped
+    assert code == 0
+    parts = json.loads((out / "gpu-dry-run.json").read_text())["parts"]
+    assert all(p["status"].startswith("skipped: ") for p in parts.values())
+
+    def slow(_plan, found: dict, _deadline: float) -> None:
+        found["started"] = True
+        time.sleep(5)
+
+    monkeypatch.setattr(gpu, "MIN_PART_S", 0.0)
+    monkeypatch.setattr(gpu, "DRY_RUN", dataclasses.replace(gpu.DRY_RUN, budgets={
+        **gpu.DRY_RUN.budgets, "device": 0.2}))
+    monkeypatch.setattr(gpu, "device_part", slow)
+    start = time.monotonic()
+    code, out = gpu_check("--dry-run", "--parts", "device")
+    assert code == 0 and time.monotonic() - start < 4
+    parts = json.loads((out / "gpu-dry-run.json").read_text())["parts"]
+    assert parts["device"]["status"].startswith("timed out")
+    assert parts["device"]["result"] == {"started": True}  # what it had when stopped
+    assert parts["train"]["status"].startswith("skipped: not asked for")
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without a GPU")
+def test_gpu_check_without_a_gpu_is_a_one_line_error(gpu_check, capsys: pytest.CaptureFixture[str]) -> None:
+    code, out = gpu_check()
+    assert code == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "no CUDA GPU" in err and "--dry-run" in err
+    assert not list(out.iterdir())
