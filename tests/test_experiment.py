@@ -96,3 +96,17 @@ def test_an_unwritable_output_folder_fails_before_the_model_loads(tiny_config, t
     err = capsys.readouterr().err.strip().splitlines()
     assert err == [f"fedcustom: error: cannot write results under {blocker / 'runs'}: {blocker} is not "
                    "a writable folder"]
+
+
+def test_quiet_and_version(tiny_config, tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """-q leaves stdout to the command's own output (none for run); the library logs nothing
+    unless asked (the `fedcustom` logger has no handler outside the command line)."""
+    config = tmp_path / "tiny.toml"
+    config.write_text(dumps(tiny_config()))
+    assert main(["-q", "run", str(config), "--set", "federation.rounds=1",
+                 "--set", "modes=['federated']"]) == 0
+    captured = capsys.readouterr()
+    assert captured.out == "" and "round" not in captured.err  # no records, no progress bars
+    with pytest.raises(SystemExit) as done:
+        main(["--version"])
+    assert done.value.code == 0 and capsys.readouterr().out.startswith("fedcustom ")

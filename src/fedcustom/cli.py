@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from fedcustom import __version__
-from fedcustom.core import extras
+from fedcustom.core import extras, log
 from fedcustom.core.errors import UserError
 
 if TYPE_CHECKING:
@@ -95,6 +95,9 @@ def cmd_methods(args: argparse.Namespace) -> None:
 def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="fedcustom", description="Federated customization of large models.")
     p.add_argument("--version", action="version", version=f"fedcustom {__version__}")
+    p.add_argument("-v", "--verbose", action="count", default=0, help="more messages (debug)")
+    p.add_argument("-q", "--quiet", action="count", default=0,
+                   help="warnings and errors only, no progress bars")
     sub = p.add_subparsers(dest="command", required=True)
     run = sub.add_parser("run", help="run an experiment from a TOML config")
     run.add_argument("config", nargs="?", help="experiment TOML file")
@@ -133,6 +136,7 @@ def stop(signum: int, frame: object) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parser().parse_args(argv)
+    log.configure_cli(args.verbose - args.quiet)
     main_thread = threading.current_thread() is threading.main_thread()  # signals go to the main thread
     previous = signal.signal(signal.SIGTERM, stop) if main_thread else None
     try:

@@ -20,6 +20,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from fedcustom.core.config import TrainConfig
+from fedcustom.core.log import bars_off
 from fedcustom.core.payload import deserialize, serialize
 from fedcustom.core.types import FitContext, Instructions, LocalResult, State, Update
 from fedcustom.data.batching import Encoded
@@ -189,7 +190,7 @@ def run_rounds(job: Job, train_clients: TrainClients) -> State:
     if stalled(history, job.patience):
         return state  # a resumed run that had already stopped early
     rounds = tqdm(range(job.start_round + 1, job.rounds + 1), desc=job.label, unit="round",
-                  initial=job.start_round, total=job.rounds)
+                  initial=job.start_round, total=job.rounds, disable=bars_off())
     for server_round in rounds:
         start = time.perf_counter()
         sampled = sample_clients(len(clients), job.fraction_fit, clients.seed, server_round)

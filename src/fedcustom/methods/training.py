@@ -13,6 +13,7 @@ from tqdm.auto import tqdm
 
 from fedcustom.core.config import TrainConfig
 from fedcustom.core.device import autocast, model_device
+from fedcustom.core.log import bars_off
 from fedcustom.core.types import Instructions, LocalResult
 from fedcustom.data.batching import Batch, Encoded, train_batches
 
@@ -77,7 +78,7 @@ def train_local(
     start_state = [p.detach().clone() for p in params] if prox_mu > 0 else []
     steps_per_epoch = -(-len(rows) // cfg.batch_size)
     bar = tqdm(total=steps_per_epoch * cfg.local_epochs, desc=progress, leave=False,
-               disable=progress is None, unit="step")
+               disable=progress is None or bars_off(), unit="step")
     model.train()
     device = model_device(model)
     total, steps, examples = 0.0, 0, 0

@@ -25,6 +25,7 @@ from fedcustom.core.config import ExperimentConfig, dumps, load_config
 from fedcustom.core.device import autocast, check_precision, resolve_device
 from fedcustom.core.errors import UserError
 from fedcustom.core.io import atomic_write, check_writable, folder_lock, new_run_dir
+from fedcustom.core.log import info
 from fedcustom.core.registry import ENGINES, METHODS, STRATEGIES
 from fedcustom.core.types import State, is_owned_key
 from fedcustom.data import TaskData, load_task_data, partition_indices, partition_table
@@ -48,14 +49,14 @@ class ModeResult:
     records: list[dict[str, Any]]
 
 
-def run_experiment(cfg: ExperimentConfig, log: Any = print, on_record: RecordHook | None = None,
+def run_experiment(cfg: ExperimentConfig, log: Any = info, on_record: RecordHook | None = None,
                    into: Path | None = None, data: TaskData | None = None) -> dict[str, ModeResult]:
     """Run every mode of `cfg` in a new run folder: OUTPUT_DIR/NAME-TIME, or exactly `into`.
     `data`: already loaded splits (in-memory data, data/memory.py) instead of cfg.data's."""
     return execute(cfg, None, log, on_record, into, data)
 
 
-def resume_experiment(run_dir: str | Path, log: Any = print,
+def resume_experiment(run_dir: str | Path, log: Any = info,
                       on_record: RecordHook | None = None) -> dict[str, ModeResult]:
     """Finish the run in `run_dir` with the config saved there."""
     run_dir = Path(run_dir)

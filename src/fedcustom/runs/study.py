@@ -35,6 +35,7 @@ from fedcustom.core.config import (
 )
 from fedcustom.core.errors import UserError
 from fedcustom.core.io import atomic_write, folder_lock
+from fedcustom.core.log import info
 from fedcustom.runs.experiment import resume_experiment, run_experiment
 
 # Config sections a centralized baseline never reads: cells differing only here share it.
@@ -199,7 +200,7 @@ def saved_config_matches(run_dir: Path, cfg: ExperimentConfig) -> bool:
     return to_dict(build(ExperimentConfig, read_toml(run_dir / "config.toml"))) == to_dict(cfg)
 
 
-def run_study(study: Study, output_dir: str | Path | None = None, log: Any = print) -> Path:
+def run_study(study: Study, output_dir: str | Path | None = None, log: Any = info) -> Path:
     """Run every unfinished run of `study`; return the study folder."""
 
     out = Path(output_dir or study.base.get("output_dir", "runs")) / study.name

@@ -30,6 +30,7 @@ from flwr.serverapp import Grid
 from fedcustom.core.config import ExperimentConfig, dumps
 from fedcustom.core.errors import UserError
 from fedcustom.core.io import new_run_dir
+from fedcustom.core.log import logger
 from fedcustom.core.payload import deserialize, serialize
 from fedcustom.core.registry import ENGINES
 from fedcustom.core.types import Instructions, LocalResult, State
@@ -115,7 +116,7 @@ class FlowerEngine(Engine):
     def run(self, job: Job) -> State:
         num_clients = len(job.clients)
         self.discover(num_clients, self.cfg.flower.connect_timeout)
-        print(f"flower: {len(self.nodes)} of {num_clients} clients connected", flush=True)
+        logger.info(f"flower: {len(self.nodes)} of {num_clients} clients connected")
 
         def train_clients(server_round: int, down: bytes, cids: list[int],
                           instructions: Instructions) -> RoundReplies:

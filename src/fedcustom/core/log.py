@@ -1,0 +1,32 @@
+"""The `fedcustom` logger. As a library, fedcustom logs and prints nothing unless the application
+configures logging; the command line shows INFO messages on stdout (-q: warnings only and no
+progress bars, -v: debug messages too)."""
+
+from __future__ import annotations
+
+import logging
+import sys
+
+logger = logging.getLogger("fedcustom")
+_quiet = False  # -q: no progress bars either
+
+
+def bars_off() -> bool:
+    """Whether progress bars are switched off (`fedcustom -q`)."""
+    return _quiet
+
+
+def info(*parts: object) -> None:
+    """A `log` callable for runs and studies: print-like arguments, logged at INFO."""
+    logger.info(" ".join(str(p) for p in parts))
+
+
+def configure_cli(verbosity: int) -> None:
+    """-q (verbosity < 0), default (0), -v (> 0): one handler on the current stdout."""
+    global _quiet
+    _quiet = verbosity < 0
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(logging.Formatter("%(message)s"))
+    logger.handlers = [handler]
+    logger.propagate = False
+    logger.setLevel(logging.WARNING if verbosity < 0 else logging.DEBUG if verbosity > 0 else logging.INFO)
