@@ -190,3 +190,44 @@ def test_label_flip_on_every_client_teaches_the_opposite(tiny_config) -> None:
 
     flipped, honest = accuracy({"kind": "label_flip", "fraction": 1.0}), accuracy({})
     assert flipped < 0.5 < honest  # two labels: label + 1 mod 2 swaps them (recorded: 0.03, 0.93)
+
+
+# --- unreadable client payloads ------------------------------------------------------------------
+
+def test_unpack_refuses_oversized_and_malformed_payloads_before_parsing() -> None:
+    from fedcustom.core.payload import serialize, unpack
+
+    good = serialize({"w": t(1, 2)})
+    assert unpack(good, len(good))["w"].tolist() == [1, 2]
+    with pytest.raises(ValueError, match=f"{len(good) + 1:,} bytes, over the limit of {len(good):,}"):
+        unpack(good + b"x", len(good))
+    with pytest.raises(ValueError, match="not a safetensors payload"):
+        unpack(b"\x00" * 16, 1000)
+    with pytest.raises(ValueError, match="not a safetensors payload"):
+        unpack(good[: len(good) // 2], 1000)
+
+
+def test_a_round_rejects_an_unreadable_update_and_goes_on(tiny_config, monkeypatch) -> None:
+    """A client whose bytes are garbage or oversized is recorded as rejected with the reason; the
+    other clients' updates are aggregated. (The in-process engine always sends good bytes: the
+    clients' replies are damaged on their way to the server's loop.)"""
+    import fedcustom.engines.simulation as simulation
+    from fedcustom.federation.rounds import payload_limit, run_rounds
+    from fedcustom.runs.experiment import run_experiment
+
+    def damaging(job, train_clients):
+        def train(server_round, down, cids, instructions):
+            answers = train_clients(server_round, down, cids, instructions)
+            answers.replies[0].update = b"not safetensors"
+            answers.replies[1].update = b"\0" * (payload_limit(len(down)) + 1)
+            return answers
+        return run_rounds(job, train)
+
+    monkeypatch.setattr(simulation, "run_rounds", damaging)
+    cfg = tiny_config(partition={"num_clients": 3}, modes=["federated"])
+    records = run_experiment(cfg, log=lambda *_: None)["federated"].records
+    for r in records[1:]:
+        reasons = {x["client"]: x["reason"] for x in r["rejected"]}
+        assert reasons[0].startswith("unreadable update: not a safetensors payload")
+        assert "over the limit" in reasons[1]
+        assert r["accepted"] == 1

@@ -15,3 +15,15 @@ def serialize(state: dict[str, torch.Tensor]) -> bytes:
 
 def deserialize(payload: bytes) -> dict[str, torch.Tensor]:
     return load(payload)
+
+
+def unpack(payload: bytes, limit: int) -> dict[str, torch.Tensor]:
+    """A client's payload, refused (ValueError naming why) when it is larger than `limit` bytes,
+    checked before anything is parsed, or is not safetensors at all."""
+    if len(payload) > limit:
+        raise ValueError(f"{len(payload):,} bytes, over the limit of {limit:,}")
+    try:
+        return load(payload)
+    except Exception as e:  # noqa: BLE001 - safetensors reports bad bytes in several ways
+        why = (str(e).splitlines() or [type(e).__name__])[0][:80]
+        raise ValueError(f"not a safetensors payload ({why})") from None

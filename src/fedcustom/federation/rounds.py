@@ -21,7 +21,7 @@ from tqdm.auto import tqdm
 
 from fedcustom.core.config import TrainConfig
 from fedcustom.core.log import bars_off
-from fedcustom.core.payload import deserialize, serialize
+from fedcustom.core.payload import deserialize, serialize, unpack
 from fedcustom.core.types import FitContext, Instructions, LocalResult, State, Update
 from fedcustom.data.batching import Encoded
 from fedcustom.federation.attacks import Attack
@@ -165,6 +165,12 @@ def fit_context(seed: int, server_round: int, cid: int, instructions: Instructio
     return FitContext(cid, server_round, client_seed(seed, server_round, cid), instructions)
 
 
+def payload_limit(down: int) -> int:
+    """The largest update the server parses: twice the global state's size, plus 64 KiB for a
+    method whose upload differs a little from its download (score search, distillation)."""
+    return 2 * down + 65536
+
+
 def stalled(records: list[dict[str, Any]], patience: int) -> bool:
     """Early stopping: the last `patience` evaluations of val_accuracy all came after its best."""
     values = [r["val_accuracy"] for r in records if "val_accuracy" in r]
@@ -203,8 +209,14 @@ def run_rounds(job: Job, train_clients: TrainClients) -> State:
         failed = {cid: r.failure for cid, r in replies.items() if r.failure is not None}
         trained = {cid: r for cid, r in replies.items() if r.local is not None}
         reported = {cid: r for cid, r in sorted(trained.items()) if cid not in late}
-        updates: dict[Sender, Update] = {cid: Update(deserialize(r.update), r.examples)
-                                         for cid, r in reported.items() if r.update is not None}
+        updates: dict[Sender, Update] = {}
+        unreadable: dict[int, str] = {}
+        for cid, r in reported.items():
+            if r.update is not None:  # a client's bytes are parsed only within a size limit
+                try:
+                    updates[cid] = Update(unpack(r.update, payload_limit(len(down))), r.examples)
+                except ValueError as e:
+                    unreadable[cid] = str(e)
         if secure is not None:  # the clients' updates arrived only as their mean
             updates = {SECURE_MEAN: Update(deserialize(secure.update), secure.examples)}
         arrived = len(secure.clients) if secure is not None else len(updates)
@@ -216,9 +228,9 @@ def run_rounds(job: Job, train_clients: TrainClients) -> State:
             raise RoundFailed(f"round {server_round}: {arrived} update(s) arrived, fewer than "
                               f"federation.min_clients = {job.min_clients} (missing clients: {missing})")
         accepted, rejected = screen_updates(state, updates, job.max_norm_factor)
-        rejected = sorted(rejected + [{"client": cid, "reason": f"client failed: {f.message}"}
-                                      for cid, f in failed.items()],
-                          key=lambda r: (isinstance(r["client"], str), r["client"]))
+        rejected += [{"client": cid, "reason": f"client failed: {f.message}"} for cid, f in failed.items()]
+        rejected += [{"client": cid, "reason": f"unreadable update: {e}"} for cid, e in unreadable.items()]
+        rejected.sort(key=lambda r: (isinstance(r["client"], str), r["client"]))
         if accepted:  # otherwise the global state (and the strategy's own state) stays as it was
             state = job.strategy.aggregate(state, accepted)
             method.adopt(model, state)
