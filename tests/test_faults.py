@@ -74,3 +74,16 @@ def test_a_round_where_everyone_drops_out_keeps_the_state(tiny_config) -> None:
         assert records[r]["accepted"] == 0 and records[r]["train_loss"] is None
         assert records[r]["test_accuracy"] == records[r - 1]["test_accuracy"]
     assert np.isfinite([r["test_loss"] for r in records]).all()
+
+
+def test_too_few_clients_is_a_one_line_stop(tiny_config, tmp_path, capsys) -> None:
+    from fedcustom.cli import main
+    from fedcustom.core.config import dumps
+
+    path = tmp_path / "c.toml"
+    path.write_text(dumps(tiny_config(modes=["federated"], faults={"dropout": 0.9},
+                                      federation={"rounds": 2, "min_clients": 2})))
+    capsys.readouterr()
+    assert main(["-q", "run", str(path)]) == 2  # -q: no progress bars, only the error
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "fewer than federation.min_clients = 2" in err[0] and "--resume" in err[0]

@@ -20,6 +20,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from fedcustom.core.config import TrainConfig
+from fedcustom.core.errors import UserError
 from fedcustom.core.log import bars_off
 from fedcustom.core.payload import deserialize, serialize, unpack
 from fedcustom.core.types import FitContext, Instructions, LocalResult, State, Update
@@ -129,8 +130,9 @@ class RoundReplies:
 TrainClients = Callable[[int, bytes, list[int], Instructions], RoundReplies]
 
 
-class RoundFailed(RuntimeError):
-    """Too few clients answered a round; the run stops after its last checkpoint (resumable)."""
+class RoundFailed(UserError):
+    """Too few clients answered a round: an expected stop (one line, exit 2) after the last
+    checkpoint, from which `fedcustom run --resume` goes on."""
 
 
 def sample_clients(num_clients: int, fraction: float, seed: int, server_round: int) -> list[int]:
@@ -226,7 +228,8 @@ def run_rounds(job: Job, train_clients: TrainClients) -> State:
                 f"round {server_round}: every client failed: {first.message}")
         if arrived < job.min_clients:
             raise RoundFailed(f"round {server_round}: {arrived} update(s) arrived, fewer than "
-                              f"federation.min_clients = {job.min_clients} (missing clients: {missing})")
+                              f"federation.min_clients = {job.min_clients} (missing clients: {missing}); "
+                              "the last round is checkpointed: `fedcustom run --resume RUN_DIR` goes on")
         accepted, rejected = screen_updates(state, updates, job.max_norm_factor)
         rejected += [{"client": cid, "reason": f"client failed: {f.message}"} for cid, f in failed.items()]
         rejected += [{"client": cid, "reason": f"unreadable update: {e}"} for cid, e in unreadable.items()]
