@@ -110,3 +110,14 @@ def test_quiet_and_version(tiny_config, tmp_path: Path, capsys: pytest.CaptureFi
     with pytest.raises(SystemExit) as done:
         main(["--version"])
     assert done.value.code == 0 and capsys.readouterr().out.startswith("fedcustom ")
+
+
+def test_the_command_line_logs_even_after_a_library_reconfigured_logging(tiny_config, tmp_path: Path,
+                                                                         capsys) -> None:
+    import logging.config
+
+    logging.config.dictConfig({"version": 1})  # disable_existing_loggers: True, as some libraries do
+    config = tmp_path / "tiny.toml"
+    config.write_text(dumps(tiny_config()))
+    assert main(["run", str(config), "--set", "federation.rounds=1", "--set", "modes=['federated']"]) == 0
+    assert "results:" in capsys.readouterr().out

@@ -29,4 +29,7 @@ def configure_cli(verbosity: int) -> None:
     handler.setFormatter(logging.Formatter("%(message)s"))
     logger.handlers = [handler]
     logger.propagate = False
+    # a library that calls logging.config.dictConfig (default disable_existing_loggers=True)
+    # after fedcustom's logger exists silences it: the command line turns it back on
+    logger.disabled = False
     logger.setLevel(logging.WARNING if verbosity < 0 else logging.DEBUG if verbosity > 0 else logging.INFO)
