@@ -94,7 +94,9 @@ def test_a_killed_or_stopped_cli_run_resumes_to_the_same_result(tiny_config, tmp
         proc.wait()
     if stop == signal.SIGTERM:
         assert proc.returncode == 130
-        assert err.strip().splitlines()[-1].startswith("fedcustom: stopped; every completed round")
+        # progress bars may still be clearing their lines around it: find the message, no traceback
+        assert any(line.startswith("fedcustom: stopped; every completed round") for line in err.splitlines())
+        assert "Traceback" not in err
     ckpt = load_checkpoint(run_dir / "federated" / CHECKPOINT)
     assert ckpt is not None and 1 <= ckpt.round < 8, "the run was not killed mid-way"
 
