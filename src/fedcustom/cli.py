@@ -152,8 +152,10 @@ def main(argv: list[str] | None = None) -> int:
         print(f"fedcustom: error: {message}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
-        print("fedcustom: stopped; every completed round is checkpointed: `fedcustom run --resume RUN_DIR` "
-              "goes on from the last one", file=sys.stderr)
+        again = ("the same `fedcustom study` command" if args.command == "study"
+                 else "`fedcustom run --resume RUN_DIR`")
+        print(f"fedcustom: stopped; every completed round is checkpointed: {again} goes on from the last one",
+              file=sys.stderr)
         return 130
     finally:
         if main_thread:
