@@ -48,7 +48,9 @@ def check(ok: bool, name: str, expected: str) -> None:
 class ModelConfig:
     name: str = opt("minilm", "packaged short name (minilm, smollm2), a local directory or a hub id")
     max_length: int = opt(64, "tokens per example after truncation")
-    pooling: Literal["mean", "cls"] = opt("mean", "how token states become one vector for the head")
+    pooling: Literal["mean", "cls", "pooler"] = opt(
+        "mean", "how token states become one vector for the head: mean, cls, or pooler (the model's "
+        "own sequence-classification head; its adapters load with PEFT's AutoPeftModel classes)")
 
     def __post_init__(self) -> None:
         check(self.max_length >= 4, "max_length", "an integer >= 4")

@@ -7,6 +7,7 @@ the one loss the shared training loop calls. Engines and strategies know nothing
 
 from __future__ import annotations
 
+import json
 from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import Any, ClassVar
@@ -19,6 +20,7 @@ from torch import nn
 
 from fedcustom.core.config import ModelConfig, TrainConfig
 from fedcustom.core.errors import UserError
+from fedcustom.core.io import atomic_write
 from fedcustom.core.types import FitContext, LocalResult, State
 from fedcustom.data.batching import Batch, Encoded
 from fedcustom.methods.training import train_local
@@ -109,15 +111,35 @@ class Method(ABC):
         return F.cross_entropy(model(batch.input_ids, batch.attention_mask), batch.labels)
 
     def save_adapter(self, model: nn.Module, path: Path) -> None:
-        """Export for use outside fedcustom. PEFT-wrapped encoders are written in PEFT's format."""
+        """Export for use outside fedcustom. PEFT-wrapped encoders are written in PEFT's format,
+        naming the base model portably (see models.backbones.portable_name); a separate task head
+        (mean or cls pooling) goes in head.safetensors."""
         from peft import PeftModel
 
         path.mkdir(parents=True, exist_ok=True)
         encoder = getattr(model, "encoder", None)
         if isinstance(encoder, PeftModel):
             encoder.save_pretrained(path)
+            name_base_model(path, getattr(model, "base_name", ""))
         head = getattr(model, "head", None)
         if head is not None:
             save_file({k: v.detach().cpu().contiguous() for k, v in head.state_dict().items()},
                       path / "head.safetensors")
 
+
+
+def name_base_model(adapter_dir: Path, name: str) -> None:
+    """Point a saved PEFT adapter (its config and model card) at `name` instead of the path the
+    base model was read from on this machine."""
+    if not name:
+        return
+    from huggingface_hub import ModelCard
+
+    config = adapter_dir / "adapter_config.json"
+    atomic_write(config, json.dumps({**json.loads(config.read_text()), "base_model_name_or_path": name},
+                                    indent=2, sort_keys=True) + "\n")
+    card_file = adapter_dir / "README.md"
+    if card_file.is_file():
+        card = ModelCard.load(card_file)
+        card.data["base_model"] = name
+        atomic_write(card_file, str(card))
