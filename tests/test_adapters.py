@@ -11,6 +11,7 @@ import pytest
 import torch
 from huggingface_hub import ModelCard
 from peft import AutoPeftModelForSequenceClassification
+from safetensors.torch import load_file
 from transformers import AutoTokenizer
 
 import fedcustom
@@ -67,3 +68,16 @@ def test_adapters_name_their_base_model_portably(tiny_config, tmp_path: Path) ->
     config = json.loads((adapter / "adapter_config.json").read_text())
     assert config["base_model_name_or_path"] == "sentence-transformers/all-MiniLM-L6-v2"
     assert ModelCard.load(adapter / "README.md").data.base_model == "sentence-transformers/all-MiniLM-L6-v2"
+
+
+def test_save_every_writes_snapshots_and_the_last_is_the_final_adapter(tiny_config) -> None:
+    cfg = tiny_config(federation={"save_every": 1}, method={"name": "lora", "rank": 2})
+    result = fedcustom.run(to_dict(cfg))
+    for mode in ("federated", "centralized"):
+        snapshots = result.run_dir / mode / "snapshots"
+        assert sorted(p.name for p in snapshots.iterdir()) == ["round-0001", "round-0002"]
+        weights = {p.name: load_file(p / "adapter_model.safetensors") for p in snapshots.iterdir()}
+        final = load_file(result.run_dir / mode / "adapter" / "adapter_model.safetensors")
+        assert final.keys() == weights["round-0002"].keys()
+        assert all(torch.equal(final[k], weights["round-0002"][k]) for k in final)
+        assert not all(torch.equal(final[k], weights["round-0001"][k]) for k in final)

@@ -167,9 +167,13 @@ class FederationConfig:
         0, "centralized mode: stop once validation accuracy has not improved for this many evaluations "
            "(early stopping, so the baseline is a converged reference; needs data.validation_fraction "
            "> 0; 0: train all rounds)")
+    save_every: int = opt(
+        0, "also export the adapter every this many rounds, into <mode>/snapshots/round-NNNN "
+           "(federated and centralized modes; 0: only the final adapter)")
 
     def __post_init__(self) -> None:
         check(self.rounds >= 1, "rounds", "an integer >= 1")
+        check(self.save_every >= 0, "save_every", "an integer >= 0")
         check(self.eval_every >= 1, "eval_every", "an integer >= 1")
         check(self.centralized_patience >= 0, "centralized_patience", "an integer >= 0")
         check(self.local_clients >= 0, "local_clients", "an integer >= 0")

@@ -164,6 +164,9 @@ def execute(cfg: ExperimentConfig, resume_dir: Path | None, log: Any,
 
             def on_round(record: dict[str, Any], new_state: State) -> None:
                 writer.add_round(record, new_state, strategy.state_dict())
+                every = cfg.federation.save_every
+                if every and record["round"] and record["round"] % every == 0:
+                    writer.save_snapshot(method, model, record["round"])
                 if on_record is not None:
                     on_record(mode, record)
 
