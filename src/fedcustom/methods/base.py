@@ -34,6 +34,9 @@ class Method(ABC):
     # What the method exchanges: weights | masked-weights (weights with ownership masks, see
     # core.types.owned_key) | logits | scores | none (see DESIGN.md).
     exchange: ClassVar[str] = "weights"
+    # True: each client keeps its own model between rounds and the exchanged state is not that
+    # model (distillation's logits). A client training alone then receives nothing back.
+    own_client_models: ClassVar[bool] = False
     # The task kinds (fedcustom.tasks) the method can train: its model builder and loss fit these.
     tasks: ClassVar[frozenset[str]] = frozenset({"classification"})
     Options: ClassVar[type]
@@ -45,6 +48,18 @@ class Method(ABC):
         """The task model (before `prepare`) and its tokenizer. Default: backbone + classifier head."""
 
         return build_classifier(cfg, num_labels, seed)
+
+    def use_unlabeled(self, texts: list[str]) -> None:
+        """Offered before build_model: unlabeled texts of the task's own corpus that no client holds
+        and no split evaluates (TaskData.unlabeled). Default: not used."""
+        del texts
+
+    def client_model(self, model: nn.Module, cid: int, state: State) -> nn.Module:
+        """The model client `cid` predicts with once it holds `state` (local-only training evaluates
+        it). Default: the shared model with the state loaded; a method whose clients keep their own
+        models (distillation) returns that client's."""
+        self.set_state(model, state)
+        return model
 
     def evaluate(self, model: nn.Module, data: Encoded, batch_size: int) -> dict[str, float]:
         """Metrics of `model` on held-out `data` (names without the split prefix)."""
