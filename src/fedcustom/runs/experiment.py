@@ -32,7 +32,7 @@ from fedcustom.data import TaskData, load_task_data, partition_indices, partitio
 from fedcustom.federation.attacks import Attack
 from fedcustom.federation.faults import Faults
 from fedcustom.federation.local import local_records, local_sample, train_alone
-from fedcustom.federation.rounds import Clients, Job
+from fedcustom.federation.rounds import Clients, Job, reset_peak_rss
 from fedcustom.runs.results import RunWriter
 from fedcustom.runs.summary import headline_metric, side_by_side
 from fedcustom.runs.tracking import Tracker
@@ -71,6 +71,7 @@ def execute(cfg: ExperimentConfig, resume_dir: Path | None, log: Any,
             on_record: RecordHook | None, into: Path | None = None,
             data: TaskData | None = None) -> dict[str, ModeResult]:
     torch.set_num_threads(cfg.threads or os.cpu_count() or 1)
+    reset_peak_rss()  # the records' peak_rss_mb is this run's, not an earlier one's in this process
     check_writable(resume_dir or into or Path(cfg.output_dir))  # before anything loads
     device = resolve_device(cfg.device)  # a missing GPU fails here, before anything loads
     check_precision(device, cfg.train.precision)
