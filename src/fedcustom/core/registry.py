@@ -120,5 +120,7 @@ METHODS: Registry[Any] = Registry("method", ("fedcustom.methods",))
 STRATEGIES: Registry[Any] = Registry("strategy", ("fedcustom.strategies",))
 ENGINES: Registry[Any] = Registry("engine", (
     "fedcustom.engines.simulation",
-    Builtin("fedcustom.engines.flower.server", provides=("flower", "flower-simulation"), needs=("flwr",)),
+    Builtin("fedcustom.engines.flower.server", provides=("flower",), needs=("flwr",)),
+    # the same module; Flower's simulation runtime needs Ray too
+    Builtin("fedcustom.engines.flower.server", provides=("flower-simulation",), needs=("flwr", "ray")),
 ))
