@@ -8,6 +8,7 @@ the one loss the shared training loop calls. Engines and strategies know nothing
 from __future__ import annotations
 
 import json
+import warnings
 from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import Any, ClassVar
@@ -77,7 +78,9 @@ class Method(ABC):
         """Wrap the task model's transformer with PEFT and train its task head, if it has one."""
         from peft import get_peft_model
 
-        model.encoder = get_peft_model(model.encoder, peft_config)
+        with warnings.catch_warnings():  # PEFT asks transformers' deprecated is_gradient_checkpointing
+            warnings.filterwarnings("ignore", "`is_gradient_checkpointing` is deprecated", FutureWarning)
+            model.encoder = get_peft_model(model.encoder, peft_config)
         head = getattr(model, "head", None)
         if head is not None:
             head.requires_grad_(True)
