@@ -300,6 +300,11 @@ class ExperimentConfig:
                   f"a strategy that needs only the clients' mean with secure aggregation "
                   f"('{self.strategy.name}' needs each client's update)")
             check(self.attack.kind == "none", "attack", "'none' with secure aggregation")
+        if "federated" in self.modes:  # the clients each round samples (federation.sample_clients)
+            per_round = max(1, round(self.federation.fraction_fit * self.partition.num_clients))
+            problem = strategy.clients_problem(self.strategy.options, per_round)
+            if problem is not None:
+                raise ConfigError(problem)
         check(self.attack.kind == "none" or method.exchange == "weights", "attack",
               f"no attack: method '{self.method.name}' exchanges '{method.exchange}', attacks need 'weights'")
 

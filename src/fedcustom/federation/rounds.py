@@ -108,6 +108,9 @@ class Reply:
     failure: Failure | None = None  # the client failed
     missing: bool = False  # no answer in time (a dead node, a lost connection)
     sent: int | None = None  # bytes the client sent, where an engine measures them (else len(update))
+    # the engine could not take the client's update (too large, not a state of tensors): why; the
+    # round records the client as rejected, as for unreadable bytes
+    refused: str | None = None
 
 
 @dataclass(frozen=True)
@@ -214,7 +217,9 @@ def run_rounds(job: Job, train_clients: TrainClients) -> State:
         updates: dict[Sender, Update] = {}
         unreadable: dict[int, str] = {}
         for cid, r in reported.items():
-            if r.update is not None:  # a client's bytes are parsed only within a size limit
+            if r.refused is not None:
+                unreadable[cid] = r.refused
+            elif r.update is not None:  # a client's bytes are parsed only within a size limit
                 try:
                     updates[cid] = Update(unpack(r.update, payload_limit(len(down))), r.examples)
                 except ValueError as e:

@@ -30,6 +30,11 @@ class Strategy(ABC):
     def aggregate(self, global_state: State, updates: list[Update]) -> State:
         """The next global state from the current one and this round's accepted updates."""
 
+    @classmethod
+    def clients_problem(cls, options: Any, per_round: int) -> str | None:
+        """Why this strategy cannot combine `per_round` updates a round (a config error), or None."""
+        return None
+
     def instruct(self, instructions: Instructions) -> Instructions:
         """What clients are asked this round, given the round's defaults (FedProx adds its mu)."""
         return instructions

@@ -38,7 +38,15 @@ from fedcustom.engines.base import Engine
 from fedcustom.engines.flower.client import config_from_text
 from fedcustom.engines.flower.deploy import CLIENT_APP, SERVER_APP, load_app, run_local
 from fedcustom.engines.flower.secagg import AuditedGrid, secure_round
-from fedcustom.federation.rounds import Failure, Job, Reply, RoundReplies, SecureMean, run_rounds
+from fedcustom.federation.rounds import (
+    Failure,
+    Job,
+    Reply,
+    RoundReplies,
+    SecureMean,
+    payload_limit,
+    run_rounds,
+)
 
 # Reply errors that mean "no answer from this node", as opposed to the client failing.
 UNREACHABLE = {ErrorCode.NODE_UNAVAILABLE, ErrorCode.MESSAGE_UNAVAILABLE, ErrorCode.REPLY_MESSAGE_UNAVAILABLE}
@@ -141,9 +149,7 @@ class FlowerEngine(Engine):
                     if answer.error.code not in UNREACHABLE:
                         replies[cid] = Reply(failure=Failure(answer.error.reason))
                     continue
-                metrics = answer.content["metrics"]
-                update = dict(answer.content["arrays"].to_torch_state_dict())
-                replies[cid] = Reply(serialize(update), local_result(metrics), int(metrics["num-examples"]))
+                replies[cid] = read_reply(answer.content, payload_limit(len(down)))
             return RoundReplies(replies)
 
         return run_rounds(job, train_clients)
@@ -168,6 +174,36 @@ class FlowerEngine(Engine):
         mean = {k: state[k] + mean_delta[k] for k in state}
         examples = sum(r.num_examples for r in fitres.values())
         return RoundReplies(replies, SecureMean(serialize(mean), examples, sorted(fitres)))
+
+
+def read_reply(content: RecordDict, limit: int) -> Reply:
+    """A client's training reply as the round loop takes it. Its arrays are counted before any is
+    converted: more than `limit` bytes, or anything that is no state of tensors, is refused with
+    the reason (the round records the client as rejected and goes on); a reply without readable
+    metrics is the client's failure."""
+    try:
+        metrics = content["metrics"]
+        local, examples = local_result(metrics), int(metrics["num-examples"])
+    except Exception as e:  # noqa: BLE001 - whatever a client sent, the round goes on
+        return Reply(failure=Failure(f"malformed reply: {first_line(e)}"))
+    try:
+        arrays = content["arrays"]
+        size = sum(len(array.data) for array in arrays.values())
+    except Exception as e:  # noqa: BLE001
+        return Reply(local=local, examples=examples, refused=f"no arrays in the reply ({first_line(e)})")
+    if size > limit:
+        return Reply(local=local, examples=examples, sent=size,
+                     refused=f"{size:,} bytes, over the limit of {limit:,}")
+    try:
+        update = serialize(dict(arrays.to_torch_state_dict()))
+    except Exception as e:  # noqa: BLE001 - Flower and torch report bad arrays in several ways
+        return Reply(local=local, examples=examples, sent=size,
+                     refused=f"not a state of tensors ({first_line(e)})")
+    return Reply(update, local, examples)
+
+
+def first_line(e: Exception) -> str:
+    return (str(e).strip().splitlines() or [type(e).__name__])[0][:80]
 
 
 def local_result(metrics: Any) -> LocalResult:
