@@ -31,6 +31,7 @@ from fedcustom.federation.screening import SECURE_MEAN, Sender, screen_updates
 from fedcustom.methods.base import Method
 from fedcustom.methods.training import lr_scale
 from fedcustom.strategies.base import Strategy
+from fedcustom.strategies.privacy import privatize
 
 
 @dataclass
@@ -163,7 +164,12 @@ def client_update(clients: Clients, state: State, ctx: FitContext) -> tuple[Stat
         return clients.method.get_state(clients.model), local
 
     data = clients.faults.training_data(ctx.cid, clients.data)
-    return clients.attack.client_update(ctx.cid, state, data, train)
+    update, local = clients.attack.client_update(ctx.cid, state, data, train)
+    i = ctx.instructions
+    if i.dp_clip_norm > 0:  # client-side DP: what leaves the client is clipped and noised
+        seed = i.dp_seed if i.dp_seed >= 0 else None
+        update = privatize(state, update, i.dp_clip_norm, i.dp_noise_std, seed, ctx.server_round, ctx.cid + 1)
+    return update, local
 
 
 def fit_context(seed: int, server_round: int, cid: int, instructions: Instructions) -> FitContext:
@@ -206,7 +212,8 @@ def run_rounds(job: Job, train_clients: TrainClients) -> State:
         start = time.perf_counter()
         sampled = sample_clients(len(clients), job.fraction_fit, clients.seed, server_round)
         down = serialize(state)
-        instructions = job.strategy.instruct(Instructions(lr_scale(clients.train, server_round, job.rounds)))
+        instructions = job.strategy.instruct(
+            Instructions(lr_scale(clients.train, server_round, job.rounds), clients=len(sampled)))
         on_time, dropped, late = clients.faults.split(server_round, sampled)
         answers = train_clients(server_round, down, sorted(on_time + late), instructions)
         replies, secure = answers.replies, answers.secure_mean

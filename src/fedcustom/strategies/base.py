@@ -31,8 +31,14 @@ class Strategy(ABC):
         """The next global state from the current one and this round's accepted updates."""
 
     @classmethod
-    def clients_problem(cls, options: Any, per_round: int) -> str | None:
-        """Why this strategy cannot combine `per_round` updates a round (a config error), or None."""
+    def on_the_mean(cls, options: Any) -> bool:
+        """Can it run on a securely aggregated mean, with these options?"""
+        return cls.uses_only_the_mean
+
+    @classmethod
+    def config_problem(cls, options: Any, cfg: Any) -> str | None:
+        """Why these options cannot run the experiment `cfg` (a config error, found when the config
+        is built), or None."""
         return None
 
     def instruct(self, instructions: Instructions) -> Instructions:

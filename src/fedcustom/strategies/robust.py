@@ -100,7 +100,11 @@ class Krum(Strategy):
     kept: str | None = None  # why the last aggregation kept the global state
 
     @classmethod
-    def clients_problem(cls, options: KrumOptions, per_round: int) -> str | None:
+    def config_problem(cls, options: KrumOptions, cfg: Any) -> str | None:
+        return cls.clients_problem(options, cfg.clients_per_round) if "federated" in cfg.modes else None
+
+    @staticmethod
+    def clients_problem(options: KrumOptions, per_round: int) -> str | None:
         f, m = options.num_malicious, options.multi_krum
         if per_round <= 2 * f + 2:
             return (f"krum with strategy.num_malicious = {f} needs more than {2 * f + 2} clients per "

@@ -160,19 +160,20 @@ class FlowerEngine(Engine):
         config = {"experiment": self.deployment.config_text,
                   "label-names": json.dumps(self.deployment.label_names),
                   "server-round": server_round, **asdict(instructions)}
-        max_weight = max(len(rows) for rows in job.clients.rows)  # the largest client's share: full precision
+        # the largest client's weight gets full precision; under client-side DP every client weighs 1
+        max_weight = 1 if instructions.dp_clip_norm > 0 else max(len(rows) for rows in job.clients.rows)
         self.grid.sent.clear()
         flower = self.cfg.flower
         mean_delta, fitres = secure_round(self.grid, self.deployment.context, self.nodes, cids, state, config,
                                           max_weight, flower.secagg_clip, flower.round_timeout)
         replies = {cid: Reply(missing=True) for cid in cids}
-        for cid, res in fitres.items():
-            replies[cid] = Reply(None, local_result(res.metrics), res.num_examples,
+        for cid, res in fitres.items():  # its examples weigh its training loss, whatever its weight
+            replies[cid] = Reply(None, local_result(res.metrics), int(res.metrics["num-examples"]),
                                  sent=self.grid.sent.get(self.nodes[cid], 0))
         if mean_delta is None:
             return RoundReplies(replies)
         mean = {k: state[k] + mean_delta[k] for k in state}
-        examples = sum(r.num_examples for r in fitres.values())
+        examples = sum(r.num_examples for r in fitres.values())  # their weights in the mean
         return RoundReplies(replies, SecureMean(serialize(mean), examples, sorted(fitres)))
 
 
