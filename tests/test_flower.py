@@ -180,6 +180,54 @@ def test_plain_and_secure_aggregation_on_flower(tiny_config, tmp_path: Path) -> 
         torch.testing.assert_close(a[key], b[key], atol=1e-4, rtol=0)  # quantization error only
 
 
+def test_distributed_dp_under_secure_aggregation(tiny_config, tmp_path: Path) -> None:
+    """dp_fedavg with distributed = true: each of 3 clients clips its delta and adds noise of std
+    z * C / sqrt(3) before SecAgg+ masks it. The server's audit (everything it received) holds no
+    client's noisy delta, nor the mean: only masked vectors. With a tiny learning rate the noise
+    dominates: the round's mean is exactly the average of the clients' noise (seeded here, so the
+    test redraws it), its std is z * C / 3 (the central mechanism's), and the record carries the
+    accountant's epsilon."""
+    from fedcustom.core.registry import METHODS
+    from fedcustom.engines.flower.secagg import read_audit
+    from fedcustom.strategies.privacy import epsilon, gaussian
+
+    z, c, n = 1.0, 1.0, 3
+    cfg = tiny_config(engine="flower", modes=["federated"], partition={"num_clients": n},
+                      train={"lr": 1e-9}, federation={"rounds": 1, "max_norm_factor": 0.0},
+                      strategy={"name": "dp_fedavg", "distributed": True, "reproducible_noise": True,
+                                "clip_norm": c, "noise_multiplier": z, "seed": 3},
+                      flower={"round_timeout": 300.0, "connect_timeout": 120.0, "secure_aggregation": True,
+                              "audit_dir": str(tmp_path / "audit")})
+    with LocalDeployment(n, tmp_path / "deploy") as federation:
+        status = federation.submit(dumps(cfg), tmp_path / "run", timeout=600)
+    assert status == "finished:completed", status
+
+    method = METHODS.get(cfg.method.name)(cfg.method.options)
+    model, _ = method.build_model(cfg.model, 2, cfg.seed)
+    start = {k: v.double() for k, v in method.get_state(method.prepare(model)).items()}
+    # what client i sent: its (tiny) delta plus noise drawn from (seed, round 1, i + 1)
+    sent = [gaussian(start, z * c / n ** 0.5, 3, 1, cid + 1) for cid in range(n)]
+    final = load_file(tmp_path / "run" / "federated" / "state.safetensors")
+    moved = {k: final[k].double() - start[k] for k in start}
+    for key in start:
+        torch.testing.assert_close(moved[key], sum(s[key] for s in sent) / n, atol=1e-4, rtol=0)
+    noise = torch.cat([m.flatten() for m in moved.values()])
+    assert noise.numel() > 400
+    assert float(noise.std()) == pytest.approx(z * c / n, rel=0.15)  # not z * C / sqrt(3): 0.58
+
+    secrets = [s[k].numpy() for s in sent for k in s] + [m.numpy() for m in moved.values()]
+    seen = read_audit(tmp_path / "audit")
+    assert seen, "the audit is empty"
+    for array in seen:
+        for secret in secrets:
+            if array.shape == secret.shape:
+                assert not np.allclose(array.astype(np.float64), secret, atol=1e-3)
+    last = records(tmp_path / "run")[-1]
+    assert last["secure_aggregation"] == [0, 1, 2] and last["dp_clients"] == n
+    assert last["dp_noise_std"] == pytest.approx(z * c / n)
+    assert last["dp_epsilon"] == pytest.approx(epsilon(z, 1.0, 1, 1e-5))
+
+
 @pytest.mark.ray
 def test_flower_simulation_engine_equals_the_in_process_run(tiny_config, tmp_path: Path) -> None:
     """The third engine: Flower's simulation runtime (Ray) with the same apps (opt-in: -m ray)."""

@@ -14,6 +14,7 @@ from helpers import updates
 from fedcustom.core.config import ConfigError, ExperimentConfig, build, component
 from fedcustom.core.payload import deserialize, serialize
 from fedcustom.core.registry import STRATEGIES
+from fedcustom.core.types import Instructions
 from fedcustom.runs.experiment import resume_experiment, run_experiment
 from fedcustom.runs.results import read_records
 from fedcustom.strategies.privacy import DPFedAvg, clip, privatize
@@ -205,3 +206,93 @@ def test_interrupted_dp_run_resumes_to_the_same_records(tiny_config) -> None:
     resume_experiment(run_dir, **QUIET)
     resumed, ref = (untimed(read_records(path)) for path in (run_dir / "federated", reference.path))
     assert resumed == ref and ref[2]["dp_epsilon"] > ref[1]["dp_epsilon"]
+
+
+# --- distributed DP under secure aggregation ----------------------------------------------------
+
+def distributed_config(**changes: Any) -> dict[str, Any]:
+    raw: dict[str, Any] = {
+        "engine": "flower", "partition": {"num_clients": 4},
+        "strategy": {"name": "dp_fedavg", "distributed": True, "clip_norm": 1.0, "noise_multiplier": 1.0},
+        "flower": {"secure_aggregation": True}, "federation": {"max_norm_factor": 0.0}}
+    for section, values in changes.items():
+        raw[section] = {**raw.get(section, {}), **values}
+    return raw
+
+
+def test_distributed_dp_is_checked_against_the_rest_of_the_config() -> None:
+    pytest.importorskip("flwr")
+    build(ExperimentConfig, distributed_config())  # 4 clients a round, noise std 0.5 each: fits +-4
+    for changes, expected in [
+        ({"flower": {"secure_aggregation": False}}, r"strategy\.distributed = true: expected "
+                                                    r"flower\.secure_aggregation = true"),
+        ({"strategy": {"noise_multiplier": 2.0}}, r"flower\.secagg_clip = 4: expected at least "
+                                                  r"strategy\.clip_norm \+ 5 x the clients' noise std = 6"),
+        ({"strategy": {"local": True}}, r"strategy\.distributed = True: expected false with local = true"),
+    ]:
+        with pytest.raises(ConfigError, match=expected) as e:
+            build(ExperimentConfig, distributed_config(**changes))
+        assert "\n" not in str(e.value)
+    with pytest.raises(ConfigError, match=r"strategy\.reproducible_noise = True: expected false without"):
+        build(ExperimentConfig, {"strategy": {"name": "dp_fedavg", "reproducible_noise": True}})
+    # central DP still needs each update: not under secure aggregation
+    central = distributed_config()
+    central["strategy"] = {"name": "dp_fedavg"}
+    with pytest.raises(ConfigError, match="a strategy that needs only the clients' mean"):
+        build(ExperimentConfig, central)
+
+
+def test_distributed_dp_tells_each_client_its_clip_and_noise() -> None:
+    strategy = dp(distributed=True, clip_norm=2.0, noise_multiplier=1.5)
+    told = strategy.instruct(Instructions(lr_scale=0.5, clients=9))
+    assert (told.lr_scale, told.dp_clip_norm, told.dp_noise_std, told.dp_seed) == (0.5, 2.0, 1.0, -1)
+    seeded = dp(distributed=True, reproducible_noise=True, seed=7).instruct(Instructions(clients=4))
+    assert (seeded.dp_noise_std, seeded.dp_seed) == (0.5, 7)
+    assert dp().instruct(Instructions(clients=9)) == Instructions(clients=9)  # central: nothing to do
+
+
+@pytest.mark.parametrize("clients", [3, 10])
+def test_the_mean_of_the_clients_noise_has_the_configured_std(clients: int) -> None:
+    """Each client adds z * C / sqrt(n); the uniform mean of n such deltas (what SecAgg+ hands the
+    server) carries z * C / n, the central mechanism's noise. 40,000 coordinates, a fixed seed."""
+    z, c = 1.3, 0.8
+    told = dp(distributed=True, clip_norm=c, noise_multiplier=z).instruct(Instructions(clients=clients))
+    start = {"a": torch.zeros(200, 100), "b": torch.zeros(20000)}
+    tiny = {k: v + 1e-6 for k, v in start.items()}  # a tiny update: the noise dominates
+    sent = [privatize(start, tiny, told.dp_clip_norm, told.dp_noise_std, 11, 1, cid + 1)
+            for cid in range(clients)]
+    own = torch.cat([(s[k] - start[k]).flatten() for s in sent for k in start])
+    mean = torch.cat([sum(s[k] - start[k] for s in sent).flatten() / clients for k in start])
+    assert float(own.std()) == pytest.approx(z * c / clients ** 0.5, rel=0.02)
+    assert float(mean.std()) == pytest.approx(z * c / clients, rel=0.02)
+    assert abs(float(mean.mean())) < 0.02 * z * c / clients
+
+
+def test_fresh_noise_differs_and_seeded_noise_repeats() -> None:
+    from fedcustom.strategies.privacy import gaussian
+
+    like = {"w": torch.zeros(64)}
+    assert not torch.equal(gaussian(like, 1.0, None)["w"], gaussian(like, 1.0, None)["w"])
+    assert torch.equal(gaussian(like, 1.0, 3, 1, 2)["w"], gaussian(like, 1.0, 3, 1, 2)["w"])
+
+
+def test_distributed_accounting_follows_the_clients_in_each_sum() -> None:
+    """All asked clients in the sum: epsilon is the central mechanism's. Two of four: the sum
+    carries z * sqrt(2/4), more is spent. The server step is FedAvg's on the mean as it came."""
+    from fedcustom.strategies.privacy import spent
+
+    strategy = dp(distributed=True, noise_multiplier=1.2, sample_rate=0.5, server_lr=1.0)
+    state = {"w": t(0, 0)}
+    for server_round, k in ((1, 4), (2, 2)):
+        strategy.instruct(Instructions(clients=4))
+        state = strategy.aggregate(state, updates([({"w": t(server_round, 1)}, k)]))
+        record = strategy.round_record()
+        assert record["dp_clients"] == k
+    assert state["w"].tolist() == [2, 1]  # the last mean taken as is (server_lr 1)
+    assert strategy.multipliers == pytest.approx([1.2, 1.2 * 0.5 ** 0.5])
+    assert record["dp_epsilon"] == pytest.approx(spent([1.2, 1.2 * 0.5 ** 0.5], 0.5, 1e-5))
+    assert record["dp_epsilon"] > accountant_epsilon(2, 1.2, 0.5, 1e-5)
+    assert accountant_epsilon(1, 1.2, 0.5, 1e-5) == pytest.approx(spent([1.2], 0.5, 1e-5))
+    restored = dp(distributed=True, noise_multiplier=1.2, sample_rate=0.5)
+    restored.load_state_dict(deserialize(serialize(strategy.state_dict())))
+    assert restored.multipliers == strategy.multipliers and restored.releases == 2

@@ -149,3 +149,67 @@ def test_a_damaged_checkpoint_is_refused_in_one_line(tiny_config, capsys, damage
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and str(path) in err and "end at round 2" in err
     assert ("checksum mismatch" in err) == (damage == "flip")
+
+
+def test_a_full_disk_stops_in_one_line_with_the_last_checkpoint_intact(tiny_config, tmp_path: Path) -> None:
+    """A run whose files may not grow past the size of its round-1 checkpoint (RLIMIT_FSIZE, as a
+    full disk would) stops writing round 2's: one line, exit 2, no half-written file, the round-1
+    checkpoint whole; `--resume` with room again gives what an uninterrupted run gives."""
+    import resource
+
+    cfg = config(tiny_config, rounds=3, modes=["federated"], name="full")
+    sizes: dict[int, int] = {}
+
+    def measure(mode: str, record: dict[str, Any]) -> None:  # the checkpoint each round leaves
+        sizes[record["round"]] = (run_dir / mode / CHECKPOINT).stat().st_size
+
+    run_dir = tmp_path / "reference"
+    run_experiment(dataclasses.replace(cfg, name="reference"), into=run_dir, on_record=measure, **QUIET)
+    # a record adds hundreds of bytes to the next checkpoint; timings vary a few
+    assert sizes[2] - sizes[1] > 200
+    limit = (sizes[1] + sizes[2]) // 2
+
+    def small_files() -> None:
+        signal.signal(signal.SIGXFSZ, signal.SIG_IGN)  # a write past the limit fails (EFBIG)
+        resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))
+
+    path = tmp_path / "full.toml"
+    path.write_text(dumps(cfg))
+    proc = subprocess.run([sys.executable, "-m", "fedcustom", "-q", "run", str(path)], preexec_fn=small_files,
+                          capture_output=True, text=True, timeout=300)
+    (stopped,) = Path(cfg.output_dir).glob("full-*")
+    folder = stopped / "federated"
+    err = [line for line in proc.stderr.splitlines() if line.startswith("fedcustom:")]  # not warnings
+    assert proc.returncode == 2, proc.stderr
+    assert "Traceback" not in proc.stderr and len(err) == 1, proc.stderr
+    assert err[0] == (f"fedcustom: error: cannot write {folder / CHECKPOINT}: File too large; the last "
+                      f"checkpoint in {stopped} is intact: free some space, then `fedcustom run --resume "
+                      f"{stopped}` goes on")
+    ckpt = load_checkpoint(folder / CHECKPOINT)
+    assert ckpt is not None and ckpt.round == 1
+    assert [r["round"] for r in read_records(folder)] == [0, 1]
+    assert not [p.name for p in folder.iterdir() if p.name.endswith(".tmp")]  # nothing half-written
+
+    assert main(["run", "--resume", str(stopped)]) == 0
+    assert_same(stopped, run_dir, ["federated"])
+
+
+def test_a_write_that_finds_the_disk_full_keeps_the_old_file(tmp_path: Path, monkeypatch) -> None:
+    import errno
+
+    from fedcustom.core.io import atomic_write
+
+    path = tmp_path / "records.jsonl"
+    atomic_write(path, "old\n")
+
+    def half_then_full(self: Path, data: bytes) -> int:
+        with open(self, "wb") as f:
+            f.write(data[: len(data) // 2])
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    monkeypatch.setattr(Path, "write_bytes", half_then_full)
+    with pytest.raises(OSError, match="No space left on device") as e:
+        atomic_write(path, "new and longer\n")
+    assert e.value.filename == str(path) and e.value.errno == errno.ENOSPC
+    monkeypatch.undo()
+    assert path.read_text() == "old\n" and [p.name for p in tmp_path.iterdir()] == ["records.jsonl"]

@@ -208,10 +208,12 @@ def test_unpack_refuses_oversized_and_malformed_payloads_before_parsing() -> Non
 
 
 def test_a_round_rejects_an_unreadable_update_and_goes_on(tiny_config, monkeypatch) -> None:
-    """A client whose bytes are garbage or oversized is recorded as rejected with the reason; the
-    other clients' updates are aggregated. (The in-process engine always sends good bytes: the
-    clients' replies are damaged on their way to the server's loop.)"""
+    """A client whose bytes are garbage or oversized, whose state does not fit the global one or
+    who claims no examples is recorded as rejected with the reason; the other clients' updates are
+    aggregated. (The in-process engine always sends good bytes: the clients' replies are damaged
+    on their way to the server's loop.)"""
     import fedcustom.engines.simulation as simulation
+    from fedcustom.core.payload import deserialize, serialize
     from fedcustom.federation.rounds import payload_limit, run_rounds
     from fedcustom.runs.experiment import run_experiment
 
@@ -220,14 +222,20 @@ def test_a_round_rejects_an_unreadable_update_and_goes_on(tiny_config, monkeypat
             answers = train_clients(server_round, down, cids, instructions)
             answers.replies[0].update = b"not safetensors"
             answers.replies[1].update = b"\0" * (payload_limit(len(down)) + 1)
+            state = deserialize(answers.replies[2].update)
+            key = sorted(state)[0]
+            answers.replies[2].update = serialize({**state, key: state[key].reshape(-1)})
+            answers.replies[3].examples = 0
             return answers
         return run_rounds(job, train)
 
     monkeypatch.setattr(simulation, "run_rounds", damaging)
-    cfg = tiny_config(partition={"num_clients": 3}, modes=["federated"])
+    cfg = tiny_config(partition={"num_clients": 5}, modes=["federated"])
     records = run_experiment(cfg, log=lambda *_: None)["federated"].records
     for r in records[1:]:
         reasons = {x["client"]: x["reason"] for x in r["rejected"]}
         assert reasons[0].startswith("unreadable update: not a safetensors payload")
         assert "over the limit" in reasons[1]
+        assert "has shape" in reasons[2]
+        assert reasons[3] == "claims 0 training examples; expected at least 1"
         assert r["accepted"] == 1

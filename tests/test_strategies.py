@@ -12,7 +12,6 @@ import torch
 from helpers import updates
 
 from fedcustom.core.config import ConfigError, ExperimentConfig, ModelConfig, TrainConfig, build, component
-from fedcustom.core.errors import UserError
 from fedcustom.core.payload import deserialize, serialize
 from fedcustom.core.registry import METHODS, STRATEGIES
 from fedcustom.core.types import Instructions
@@ -176,11 +175,27 @@ def test_multi_krum_averages_the_m_best_unweighted() -> None:
     assert w(new) == pytest.approx([7 / 6, 5 / 6])
 
 
-def test_krum_with_too_few_clients_is_a_user_error() -> None:
-    with pytest.raises(UserError, match="more than 4 clients per round, got 4"):
-        make("krum", num_malicious=1).aggregate(ZERO, updates(KRUM[:4]))
-    with pytest.raises(UserError, match="multi_krum = 5"):
-        make("krum", num_malicious=1, multi_krum=5).aggregate(ZERO, updates(KRUM))
+def test_krum_with_too_few_clients_per_round_is_a_config_error() -> None:
+    raw = {"strategy": {"name": "krum", "num_malicious": 1}, "partition": {"num_clients": 8},
+           "federation": {"fraction_fit": 0.5}}
+    with pytest.raises(ConfigError, match="more than 4 clients per round, got 4"):
+        build(ExperimentConfig, raw)
+    with pytest.raises(ConfigError, match="multi_krum = 5"):
+        build(ExperimentConfig, {**raw, "strategy": {"name": "krum", "num_malicious": 1, "multi_krum": 5},
+                                 "federation": {"fraction_fit": 0.625}})
+    build(ExperimentConfig, {**raw, "federation": {"fraction_fit": 0.625}})  # 5 clients a round
+
+
+def test_krum_keeps_the_global_state_when_a_round_has_too_few_updates() -> None:
+    """Drop-outs or rejected updates leave fewer than Krum needs to outvote f attackers: the round
+    keeps the global state and its record says why, instead of stopping the run."""
+    krum = make("krum", num_malicious=1)
+    assert w(krum.aggregate(ZERO, updates(KRUM[:4]))) == w(ZERO)
+    assert krum.round_record() == {"krum_kept": "4 update(s) this round: krum with strategy.num_malicious"
+                                                " = 1 needs more than 4 clients per round, got 4; the "
+                                                "global state is kept"}
+    assert krum.round_record() == {}  # once
+    assert w(krum.aggregate(ZERO, updates(KRUM))) == [1, 1] and krum.round_record() == {}
 
 
 def test_robust_options_are_checked() -> None:

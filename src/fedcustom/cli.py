@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 from fedcustom import __version__
 from fedcustom.core import extras, log
 from fedcustom.core.errors import UserError
+from fedcustom.core.io import FULL
 
 if TYPE_CHECKING:
     from fedcustom.core.config import ExperimentConfig
@@ -150,6 +151,12 @@ def main(argv: list[str] | None = None) -> int:
         if message is None:
             raise
         print(f"fedcustom: error: {message}", file=sys.stderr)
+        return 2
+    except OSError as e:
+        if e.errno not in FULL:
+            raise
+        print(f"fedcustom: error: cannot write {e.filename or 'a file'}: {e.strerror} (the disk or a "
+              "file-size limit is full)", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         again = ("the same `fedcustom study` command" if args.command == "study"

@@ -328,12 +328,21 @@ class ExperimentConfig:
         if self.flower.secure_aggregation:
             check(self.engine.startswith("flower"), "flower.secure_aggregation",
                   "false: secure aggregation runs on the Flower engines (engine = 'flower')")
-            check(strategy.uses_only_the_mean, "strategy",
+            check(strategy.on_the_mean(self.strategy.options), "strategy",
                   f"a strategy that needs only the clients' mean with secure aggregation "
                   f"('{self.strategy.name}' needs each client's update)")
             check(self.attack.kind == "none", "attack", "'none' with secure aggregation")
+        problem = strategy.config_problem(self.strategy.options, self)
+        if problem is not None:
+            raise ConfigError(problem)
         check(self.attack.kind == "none" or method.exchange == "weights", "attack",
               f"no attack: method '{self.method.name}' exchanges '{method.exchange}', attacks need 'weights'")
+
+
+    @property
+    def clients_per_round(self) -> int:
+        """How many clients a federated round samples (federation.rounds.sample_clients)."""
+        return max(1, round(self.federation.fraction_fit * self.partition.num_clients))
 
 
 # --- building from TOML ------------------------------------------------------------------------

@@ -3,6 +3,7 @@ only one process writes a folder."""
 
 from __future__ import annotations
 
+import errno
 import fcntl
 import os
 import time
@@ -12,11 +13,33 @@ from pathlib import Path
 
 from fedcustom.core.errors import UserError
 
+# a full disk, a full quota, or a file-size limit (RLIMIT_FSIZE)
+FULL = frozenset({errno.ENOSPC, errno.EDQUOT, errno.EFBIG})
+
 
 def atomic_write(path: Path, data: bytes | str) -> None:
+    """`path` holds `data` whole, or (the write failed: a full disk) what it held before."""
     tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_bytes(data.encode() if isinstance(data, str) else data)
-    os.replace(tmp, path)
+    try:
+        tmp.write_bytes(data.encode() if isinstance(data, str) else data)
+        os.replace(tmp, path)
+    except OSError as e:
+        tmp.unlink(missing_ok=True)
+        if e.errno in FULL:  # a failed write() names no file: name the one being written
+            raise OSError(e.errno, e.strerror, str(path)) from None
+        raise
+
+
+@contextmanager
+def storage_full_stops(then: str) -> Iterator[None]:
+    """A write that fails for want of space becomes one line (a UserError): what could not be
+    written, and `then`, what the user can do about it."""
+    try:
+        yield
+    except OSError as e:
+        if e.errno not in FULL:
+            raise
+        raise UserError(f"cannot write {e.filename or 'a file'}: {e.strerror}; {then}") from None
 
 
 def new_run_dir(output_dir: str | Path, name: str) -> Path:

@@ -19,6 +19,12 @@ class Instructions:
 
     lr_scale: float = 1.0  # multiplies the learning rates (the schedule over rounds)
     prox_mu: float = 0.0  # FedProx: add (mu/2)*||w - w_start||^2 to the loss (0: off)
+    clients: int = 0  # how many clients the round asked (0: not told)
+    # client-side DP (dp_fedavg, distributed): the client clips its delta to this L2 norm and adds
+    # Gaussian noise of this std before its update leaves (0: off)
+    dp_clip_norm: float = 0.0
+    dp_noise_std: float = 0.0
+    dp_seed: int = -1  # >= 0: the noise is drawn from (dp_seed, round, client); -1: fresh randomness
 
 
 @dataclass(frozen=True)

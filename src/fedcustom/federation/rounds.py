@@ -33,6 +33,7 @@ from fedcustom.federation.screening import SECURE_MEAN, Sender, screen_updates
 from fedcustom.methods.base import Method
 from fedcustom.methods.training import lr_scale
 from fedcustom.strategies.base import Strategy
+from fedcustom.strategies.privacy import privatize
 
 
 @dataclass
@@ -110,6 +111,9 @@ class Reply:
     failure: Failure | None = None  # the client failed
     missing: bool = False  # no answer in time (a dead node, a lost connection)
     sent: int | None = None  # bytes the client sent, where an engine measures them (else len(update))
+    # the engine could not take the client's update (too large, not a state of tensors): why; the
+    # round records the client as rejected, as for unreadable bytes
+    refused: str | None = None
 
 
 @dataclass(frozen=True)
@@ -177,7 +181,12 @@ def client_update(clients: Clients, state: State, ctx: FitContext) -> tuple[Stat
         return clients.method.get_state(clients.model), local
 
     data = clients.faults.training_data(ctx.cid, clients.data)
-    return clients.attack.client_update(ctx.cid, state, data, train)
+    update, local = clients.attack.client_update(ctx.cid, state, data, train)
+    i = ctx.instructions
+    if i.dp_clip_norm > 0:  # client-side DP: what leaves the client is clipped and noised
+        seed = i.dp_seed if i.dp_seed >= 0 else None
+        update = privatize(state, update, i.dp_clip_norm, i.dp_noise_std, seed, ctx.server_round, ctx.cid + 1)
+    return update, local
 
 
 def fit_context(seed: int, server_round: int, cid: int, instructions: Instructions) -> FitContext:
@@ -220,7 +229,8 @@ def run_rounds(job: Job, train_clients: TrainClients) -> State:
         start = time.perf_counter()
         sampled = sample_clients(len(clients), job.fraction_fit, clients.seed, server_round)
         down = serialize(state)
-        instructions = job.strategy.instruct(Instructions(lr_scale(clients.train, server_round, job.rounds)))
+        instructions = job.strategy.instruct(
+            Instructions(lr_scale(clients.train, server_round, job.rounds), clients=len(sampled)))
         on_time, dropped, late = clients.faults.split(server_round, sampled)
         asked = sorted(on_time + late)  # a client that dropped out is sent nothing
         answers = train_clients(server_round, down, asked, instructions)
@@ -232,7 +242,9 @@ def run_rounds(job: Job, train_clients: TrainClients) -> State:
         updates: dict[Sender, Update] = {}
         unreadable: dict[int, str] = {}
         for cid, r in reported.items():
-            if r.update is not None:  # a client's bytes are parsed only within a size limit
+            if r.refused is not None:
+                unreadable[cid] = r.refused
+            elif r.update is not None:  # a client's bytes are parsed only within a size limit
                 try:
                     updates[cid] = Update(unpack(r.update, payload_limit(len(down))), r.examples)
                 except ValueError as e:

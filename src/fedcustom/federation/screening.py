@@ -2,14 +2,16 @@
 
 One bad update must not end a run or poison the global state: a client may crash half-way, a
 state may diverge to NaN, a malicious client may send something huge. So each update is checked
-on its own (same keys, shapes and dtypes as the global state, all values finite) and then against
-the round (its distance from the global state is not far outside the other clients'). A rejected
-update is dropped with a reason; the round goes on with the rest.
+on its own (same keys, shapes and dtypes as the global state, all values finite, a weight of at
+least one example) and then against the round (its distance from the global state is not far
+outside the other clients'). A rejected update is dropped with a reason; the round goes on with
+the rest.
 """
 
 from __future__ import annotations
 
 import math
+import numbers
 import statistics
 from typing import Any
 
@@ -66,6 +68,9 @@ def screen_updates(
     valid: dict[Sender, Update] = {}
     for sender, update in updates.items():
         problem = structural_problem(global_state, update.state)
+        if problem is None and not (isinstance(update.examples, numbers.Integral) and update.examples >= 1):
+            # its weight in the mean: zero would divide by zero, a negative one would subtract it
+            problem = f"claims {update.examples} training examples; expected at least 1"
         if problem is None:
             valid[sender] = update
         else:

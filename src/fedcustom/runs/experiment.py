@@ -24,7 +24,7 @@ import torch
 from fedcustom.core.config import ExperimentConfig, dumps, load_config
 from fedcustom.core.device import autocast, check_precision, resolve_device
 from fedcustom.core.errors import UserError
-from fedcustom.core.io import atomic_write, check_writable, folder_lock, new_run_dir
+from fedcustom.core.io import atomic_write, check_writable, folder_lock, new_run_dir, storage_full_stops
 from fedcustom.core.log import info
 from fedcustom.core.registry import ENGINES, METHODS, STRATEGIES
 from fedcustom.core.types import State, is_owned_key
@@ -85,7 +85,11 @@ def execute(cfg: ExperimentConfig, resume_dir: Path | None, log: Any,
     if into is not None:
         into.mkdir(parents=True, exist_ok=True)
     run_dir = resume_dir or into or new_run_dir(cfg.output_dir, cfg.name)
-    with folder_lock(run_dir):  # one process writes a run folder at a time
+    # one process writes a run folder at a time; a full disk stops the run after its last
+    # checkpoint, which atomic writes keep whole
+    full = (f"the last checkpoint in {run_dir} is intact: free some space, then `fedcustom run "
+            f"--resume {run_dir}` goes on")
+    with folder_lock(run_dir), storage_full_stops(full):
         if resume_dir is None:
             atomic_write(run_dir / "config.toml", dumps(cfg))
         table = partition_table(data.train, parts, data.label_names)

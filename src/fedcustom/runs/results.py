@@ -31,6 +31,7 @@ from fedcustom.methods.base import Method
 
 CHECKPOINT = "checkpoint.safetensors"
 CHECKPOINT_FORMAT = "fedcustom-checkpoint-1"
+METADATA = {"format", "round", "records", "sha256"}  # every field a checkpoint's header holds
 
 
 def records_csv(records: list[dict[str, Any]]) -> str:
@@ -74,7 +75,7 @@ def save_checkpoint(path: Path, ckpt: Checkpoint) -> None:
 
 def corrupt(path: Path, why: str) -> UserError:
     last = path.parent / "rounds.jsonl"
-    done = len(last.read_text().splitlines()) - 1 if last.is_file() else -1
+    done = len(last.read_bytes().splitlines()) - 1 if last.is_file() else -1
     told = f"the records in {last} end at round {done}" if done >= 0 else "no round is recorded"
     return UserError(f"{path} is corrupt ({why}); {told}: delete the checkpoint to run this mode again "
                      "from its start")
@@ -86,22 +87,30 @@ def load_checkpoint(path: Path) -> Checkpoint | None:
     try:
         with safe_open(str(path), framework="pt") as f:
             meta = f.metadata() or {}
-            if meta.get("format") != CHECKPOINT_FORMAT:
-                raise UserError(f"{path} is not a fedcustom checkpoint")
             tensors = {k: f.get_tensor(k) for k in f.keys()}  # noqa: SIM118 - safe_open is no dict
-    except UserError:
-        raise
     except Exception as e:  # noqa: BLE001 - safetensors reports a damaged file in several ways
         raise corrupt(path, (str(e).splitlines() or [type(e).__name__])[0][:120]) from None
-    # older checkpoints carry no checksum: they are read as before
+    # A damaged header can still parse: every field must be there as written (a flipped bit in a
+    # key's name would otherwise hide the checksum). Older checkpoints carry no checksum: they
+    # are read as before.
+    if meta.get("format") != CHECKPOINT_FORMAT:
+        raise corrupt(path, f"format {meta.get('format')!r}, expected {CHECKPOINT_FORMAT!r}")
+    if not {"round", "records"} <= meta.keys() <= METADATA:
+        raise corrupt(path, f"metadata fields {sorted(meta)}, expected {sorted(METADATA)}")
     expected = meta.get("sha256")
-    if expected is not None and expected != checksum(tensors, meta.get("round", ""), meta.get("records", "")):
+    if expected is not None and expected != checksum(tensors, meta["round"], meta["records"]):
         raise corrupt(path, "checksum mismatch")
+    if not all(k.startswith(("global/", "strategy/")) for k in tensors):
+        raise corrupt(path, "a tensor outside global/ and strategy/")
+    try:
+        done, records = int(meta["round"]), json.loads(meta["records"])
+    except ValueError as e:  # only an old checkpoint without a checksum gets here
+        raise corrupt(path, f"unreadable metadata ({str(e)[:80]})") from None
 
     def part(prefix: str) -> dict[str, torch.Tensor]:
         return {k.removeprefix(prefix): v for k, v in tensors.items() if k.startswith(prefix)}
 
-    return Checkpoint(int(meta["round"]), part("global/"), part("strategy/"), json.loads(meta["records"]))
+    return Checkpoint(done, part("global/"), part("strategy/"), records)
 
 
 class RunWriter:

@@ -30,6 +30,17 @@ class Strategy(ABC):
     def aggregate(self, global_state: State, updates: list[Update]) -> State:
         """The next global state from the current one and this round's accepted updates."""
 
+    @classmethod
+    def on_the_mean(cls, options: Any) -> bool:
+        """Can it run on a securely aggregated mean, with these options?"""
+        return cls.uses_only_the_mean
+
+    @classmethod
+    def config_problem(cls, options: Any, cfg: Any) -> str | None:
+        """Why these options cannot run the experiment `cfg` (a config error, found when the config
+        is built), or None."""
+        return None
+
     def instruct(self, instructions: Instructions) -> Instructions:
         """What clients are asked this round, given the round's defaults (FedProx adds its mu)."""
         return instructions

@@ -11,12 +11,12 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from types import ModuleType
+from typing import Any
 
 import numpy as np
 import torch
 
 from fedcustom.core.config import check, opt
-from fedcustom.core.errors import UserError
 from fedcustom.core.extras import require
 from fedcustom.core.registry import STRATEGIES
 from fedcustom.core.types import State, Update
@@ -97,15 +97,34 @@ class Krum(Strategy):
     Options = KrumOptions
     options: KrumOptions
 
+    kept: str | None = None  # why the last aggregation kept the global state
+
+    @classmethod
+    def config_problem(cls, options: KrumOptions, cfg: Any) -> str | None:
+        return cls.clients_problem(options, cfg.clients_per_round) if "federated" in cfg.modes else None
+
+    @staticmethod
+    def clients_problem(options: KrumOptions, per_round: int) -> str | None:
+        f, m = options.num_malicious, options.multi_krum
+        if per_round <= 2 * f + 2:
+            return (f"krum with strategy.num_malicious = {f} needs more than {2 * f + 2} clients per "
+                    f"round, got {per_round}: lower num_malicious or sample more clients")
+        if m > per_round - f:
+            return (f"strategy.multi_krum = {m}: expected at most clients per round - num_malicious "
+                    f"= {per_round - f}")
+        return None
+
     def aggregate(self, global_state: State, updates: list[Update]) -> State:
+        """The config has enough clients per round; when drop-outs or rejected updates leave too
+        few for Krum to outvote f attackers, the round keeps the global state (and says so)."""
         aggregate = flower_aggregate(self.name)
         n, f, m = len(updates), self.options.num_malicious, self.options.multi_krum
-        if n <= 2 * f + 2:
-            raise UserError(
-                f"krum with strategy.num_malicious = {f} needs more than {2 * f + 2} clients per round, "
-                f"got {n}: lower num_malicious or sample more clients"
-            )
-        if m > n - f:
-            raise UserError(f"strategy.multi_krum = {m}: expected at most clients per round - "
-                            f"num_malicious = {n - f}")
+        self.kept = self.clients_problem(self.options, n)
+        if self.kept is not None:
+            self.kept = f"{n} update(s) this round: {self.kept.split(': ')[0]}; the global state is kept"
+            return dict(global_state)
         return to_state(aggregate.aggregate_krum(to_arrays(global_state, updates), f, m), global_state)
+
+    def round_record(self) -> dict[str, Any]:
+        kept, self.kept = self.kept, None
+        return {"krum_kept": kept} if kept is not None else {}

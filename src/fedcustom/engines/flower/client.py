@@ -112,6 +112,8 @@ def train(msg: Message, context: Context) -> Message:
                "backward-passes": local.backward_passes}
     if secure:  # the SecAgg+ mod masks the delta before it leaves
         delta = {k: update[k] - state[k] for k in state}
-        return secure_fit_reply(msg, delta, examples, metrics)
+        # under client-side DP every client weighs the same: the noise is sized for a uniform mean
+        weight = 1 if instructions.dp_clip_norm > 0 else examples
+        return secure_fit_reply(msg, delta, weight, metrics)
     content = RecordDict({"arrays": ArrayRecord(update), "metrics": MetricRecord(metrics)})
     return Message(content, reply_to=msg)

@@ -38,7 +38,15 @@ from fedcustom.engines.base import Engine
 from fedcustom.engines.flower.client import config_from_text
 from fedcustom.engines.flower.deploy import CLIENT_APP, SERVER_APP, load_app, run_local
 from fedcustom.engines.flower.secagg import AuditedGrid, secure_round
-from fedcustom.federation.rounds import Failure, Job, Reply, RoundReplies, SecureMean, run_rounds
+from fedcustom.federation.rounds import (
+    Failure,
+    Job,
+    Reply,
+    RoundReplies,
+    SecureMean,
+    payload_limit,
+    run_rounds,
+)
 
 # Reply errors that mean "no answer from this node", as opposed to the client failing.
 UNREACHABLE = {ErrorCode.NODE_UNAVAILABLE, ErrorCode.MESSAGE_UNAVAILABLE, ErrorCode.REPLY_MESSAGE_UNAVAILABLE}
@@ -141,9 +149,7 @@ class FlowerEngine(Engine):
                     if answer.error.code not in UNREACHABLE:
                         replies[cid] = Reply(failure=Failure(answer.error.reason))
                     continue
-                metrics = answer.content["metrics"]
-                update = dict(answer.content["arrays"].to_torch_state_dict())
-                replies[cid] = Reply(serialize(update), local_result(metrics), int(metrics["num-examples"]))
+                replies[cid] = read_reply(answer.content, payload_limit(len(down)))
             return RoundReplies(replies)
 
         return run_rounds(job, train_clients)
@@ -154,20 +160,51 @@ class FlowerEngine(Engine):
         config = {"experiment": self.deployment.config_text,
                   "label-names": json.dumps(self.deployment.label_names),
                   "server-round": server_round, **asdict(instructions)}
-        max_weight = max(len(rows) for rows in job.clients.rows)  # the largest client's share: full precision
+        # the largest client's weight gets full precision; under client-side DP every client weighs 1
+        max_weight = 1 if instructions.dp_clip_norm > 0 else max(len(rows) for rows in job.clients.rows)
         self.grid.sent.clear()
         flower = self.cfg.flower
         mean_delta, fitres = secure_round(self.grid, self.deployment.context, self.nodes, cids, state, config,
                                           max_weight, flower.secagg_clip, flower.round_timeout)
         replies = {cid: Reply(missing=True) for cid in cids}
-        for cid, res in fitres.items():
-            replies[cid] = Reply(None, local_result(res.metrics), res.num_examples,
+        for cid, res in fitres.items():  # its examples weigh its training loss, whatever its weight
+            replies[cid] = Reply(None, local_result(res.metrics), int(res.metrics["num-examples"]),
                                  sent=self.grid.sent.get(self.nodes[cid], 0))
         if mean_delta is None:
             return RoundReplies(replies)
         mean = {k: state[k] + mean_delta[k] for k in state}
-        examples = sum(r.num_examples for r in fitres.values())
+        examples = sum(r.num_examples for r in fitres.values())  # their weights in the mean
         return RoundReplies(replies, SecureMean(serialize(mean), examples, sorted(fitres)))
+
+
+def read_reply(content: RecordDict, limit: int) -> Reply:
+    """A client's training reply as the round loop takes it. Its arrays are counted before any is
+    converted: more than `limit` bytes, or anything that is no state of tensors, is refused with
+    the reason (the round records the client as rejected and goes on); a reply without readable
+    metrics is the client's failure."""
+    try:
+        metrics = content["metrics"]
+        local, examples = local_result(metrics), int(metrics["num-examples"])
+    except Exception as e:  # noqa: BLE001 - whatever a client sent, the round goes on
+        return Reply(failure=Failure(f"malformed reply: {first_line(e)}"))
+    try:
+        arrays = content["arrays"]
+        size = sum(len(array.data) for array in arrays.values())
+    except Exception as e:  # noqa: BLE001
+        return Reply(local=local, examples=examples, refused=f"no arrays in the reply ({first_line(e)})")
+    if size > limit:
+        return Reply(local=local, examples=examples, sent=size,
+                     refused=f"{size:,} bytes, over the limit of {limit:,}")
+    try:
+        update = serialize(dict(arrays.to_torch_state_dict()))
+    except Exception as e:  # noqa: BLE001 - Flower and torch report bad arrays in several ways
+        return Reply(local=local, examples=examples, sent=size,
+                     refused=f"not a state of tensors ({first_line(e)})")
+    return Reply(update, local, examples)
+
+
+def first_line(e: Exception) -> str:
+    return (str(e).strip().splitlines() or [type(e).__name__])[0][:80]
 
 
 def local_result(metrics: Any) -> LocalResult:
