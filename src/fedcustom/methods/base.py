@@ -34,6 +34,10 @@ class Method(ABC):
     exchange: ClassVar[str] = "weights"
     # The task kinds (fedcustom.tasks) the method can train: its model builder and loss fit these.
     tasks: ClassVar[frozenset[str]] = frozenset({"classification"})
+    # Whether clients may train in worker processes (the simulation engine's `workers`): true when
+    # a client's work depends only on what it receives (state, rows, seed), never on what earlier
+    # clients left in the method or the model beyond the state that set_state overwrites.
+    clients_in_workers: ClassVar[bool] = True
     Options: ClassVar[type]
 
     def __init__(self, options: object) -> None:

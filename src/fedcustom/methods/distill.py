@@ -111,6 +111,7 @@ class ClientDevice:
 class Distill(Method):
     summary = "federated distillation: clients (heterogeneous models) exchange logits on a public set"
     exchange = "logits"
+    clients_in_workers = False  # each client's model lives in this object between rounds
     Options = DistillOptions
     options: DistillOptions
 
