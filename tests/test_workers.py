@@ -107,11 +107,26 @@ def test_a_worker_that_dies_stops_the_run_with_a_clear_error(tiny_config, deadli
     assert not multiprocessing.active_children()  # the other worker is stopped too
 
 
+def test_a_worker_that_fails_outside_a_client_raises_its_traceback(tiny_config, deadline,
+                                                                   monkeypatch) -> None:
+    def unreadable(_: bytes):
+        raise ValueError("cannot read the global state")
+
+    monkeypatch.setattr(workers, "deserialize", unreadable)  # only the workers read it there
+    cfg = tiny_config(workers=2, modes=["federated"])
+    with pytest.raises(RuntimeError, match=r"(?s)round 1: simulation worker \d+ failed:.*ValueError: "
+                                           r"cannot read the global state"):
+        run_experiment(cfg, log=lambda *_: None)
+    assert not multiprocessing.active_children()
+
+
 def test_workers_setting(tiny_config) -> None:
     assert SimulationEngine.from_config(tiny_config()).workers == 1
     assert SimulationEngine.from_config(tiny_config(workers=0)).workers == workers.cores()
     with pytest.raises(ConfigError, match=r"^workers = -1: expected an integer >= 0"):
         tiny_config(workers=-1)
+    with pytest.raises(ConfigError, match=r"^workers = 2: expected 1 with engine 'flower'"):
+        tiny_config(workers=2, engine="flower")
 
 
 class FakeClients(SimpleNamespace):

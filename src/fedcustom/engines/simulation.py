@@ -10,6 +10,8 @@ model's memory (engines/workers.py), with the same numbers as in one process.
 
 from __future__ import annotations
 
+import multiprocessing
+
 from fedcustom.core.config import ExperimentConfig
 from fedcustom.core.device import model_device
 from fedcustom.core.log import logger
@@ -39,8 +41,8 @@ class SimulationEngine(Engine):
 
         def train_clients(server_round: int, down: bytes, cids: list[int],
                           instructions: Instructions) -> RoundReplies:
-            # what every client receives
-            return RoundReplies(train_here(clients, server_round, deserialize(down), cids, instructions))
+            state = deserialize(down)  # what every client receives
+            return RoundReplies(train_here(clients, server_round, state, cids, instructions))
 
         return run_rounds(job, train_clients)
 
@@ -51,6 +53,10 @@ class SimulationEngine(Engine):
         if size > 1 and not clients.method.clients_in_workers:
             logger.warning(f"workers = {self.workers}: method '{clients.method.name}' keeps client state "
                            "between rounds; its clients train in this process")
+            return 1
+        if size > 1 and "fork" not in multiprocessing.get_all_start_methods():
+            logger.warning(f"workers = {self.workers}: this system cannot fork processes; clients train "
+                           "in this process")
             return 1
         if size > 1 and model_device(clients.model).type != "cpu":
             logger.warning(f"workers = {self.workers}: the model is on {model_device(clients.model)}; "

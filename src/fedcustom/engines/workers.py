@@ -21,12 +21,14 @@ from __future__ import annotations
 import gc
 import multiprocessing
 import os
+import pickle
 import signal
 import traceback
 from contextlib import suppress
 from multiprocessing.connection import Connection, wait
 from multiprocessing.process import BaseProcess
 from types import TracebackType
+from typing import Any
 
 import torch
 from tqdm.auto import tqdm
@@ -92,16 +94,28 @@ class WorkerTraceback(Exception):
         return "\n" + str(self.args[0])
 
 
-def portable(e: BaseException) -> BaseException:
+def portable(e: Exception) -> Exception:
     """`e`, or an exception of the same kind and message that survives pickling (the server
     re-raises it when every client of a round fails, as it does in process)."""
-    import pickle
-
     try:
         pickle.loads(pickle.dumps(e))
         return e
     except Exception:  # noqa: BLE001 - any exception that cannot cross a pipe
         return UserError(str(e)) if isinstance(e, UserError) else RuntimeError(repr(e))
+
+
+def answer(clients: Clients, task: tuple[int, bytes, list[int], Instructions]) -> tuple[str, Any]:
+    """A worker's message for one round: ("replies", [(cid, reply, traceback or None), ...])."""
+    server_round, down, cids, instructions = task
+    answers = []
+    for cid, reply in train_here(clients, server_round, deserialize(down), cids, instructions).items():
+        failure, tb = reply.failure, None
+        if failure is not None and failure.exception is not None:
+            exc = failure.exception
+            tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
+            reply.failure = Failure(failure.message, portable(exc))
+        answers.append((cid, reply, tb))
+    return "replies", answers
 
 
 def serve(clients: Clients, conn: Connection, inherited: list[Connection]) -> None:
@@ -120,19 +134,15 @@ def serve(clients: Clients, conn: Connection, inherited: list[Connection]) -> No
             return
         if task is None:
             return
-        server_round, down, cids, instructions = task
         try:
-            replies = train_here(clients, server_round, deserialize(down), cids, instructions)
-            answers = []
-            for cid, reply in replies.items():
-                failure, tb = reply.failure, None
-                if failure is not None and failure.exception is not None:
-                    exc = failure.exception
-                    tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
-                    reply.failure = Failure(failure.message, portable(exc))  # type: ignore[arg-type]
-                answers.append((cid, reply, tb))
-            conn.send(("replies", answers))
+            message = answer(clients, task)
         except Exception:  # noqa: BLE001 - the worker itself failed: the server raises it
+            message = ("error", traceback.format_exc())
+        try:
+            conn.send(message)
+        except OSError:  # the server is gone
+            return
+        except Exception:  # noqa: BLE001 - a reply that cannot be pickled
             conn.send(("error", traceback.format_exc()))
 
 
