@@ -83,7 +83,9 @@ def test_scale_point_measures_one_run(tiny_model_dir: Path, sentiment_csv: Path,
     p = scale.point({"model": str(tiny_model_dir), "overrides": overrides, "clients": 8,
                      "examples_per_client": 2, "rounds": 1, "fraction_fit": 0.5})
     assert p["clients"] == 8 and p["sampled_per_round"] == 4
-    assert p["peak_rss_mb"] >= p["rss_after_setup_mb"] > 0 and p["base_model_mb"] > 0
+    # two kernel counters read at different times (the peak's may lag the current RSS by a few
+    # pages, seen after this process had forked workers in an earlier test)
+    assert p["peak_rss_mb"] + 1 >= p["rss_after_setup_mb"] > 0 and p["base_model_mb"] > 0
     assert len(p["round_seconds"]) == 1 and p["state_bytes_per_client"] > 0
     assert p["workers"] == 1 and len(p["numbers_digest"]) == 64
 

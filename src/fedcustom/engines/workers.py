@@ -87,9 +87,6 @@ class WorkerDied(RoundFailed):
 class WorkerTraceback(Exception):
     """A client's traceback as its worker process formatted it (the cause of the re-raised error)."""
 
-    def __init__(self, text: str) -> None:
-        super().__init__(text)
-
     def __str__(self) -> str:
         return "\n" + str(self.args[0])
 
@@ -203,8 +200,8 @@ class WorkerPool:
     def died(process: BaseProcess, server_round: int, share: list[int]) -> WorkerDied:
         process.join(timeout=5)
         code = process.exitcode
-        how = "still running" if code is None else (
-            f"signal {signal.Signals(-code).name}" if code < 0 else f"exit code {code}")
+        how = "still running" if code is None else f"exit code {code}" if code >= 0 else \
+            f"signal {signal_name(-code)}"
         hint = " (the out-of-memory killer sends SIGKILL: fewer workers need less memory)" \
             if code == -9 else ""
         clients = ", ".join(map(str, share[:8])) + (", ..." if len(share) > 8 else "")
@@ -232,6 +229,13 @@ class WorkerPool:
     def __exit__(self, kind: type[BaseException] | None, error: BaseException | None,
                  tb: TracebackType | None) -> None:
         self.close(now=kind is not None)
+
+
+def signal_name(number: int) -> str:
+    try:
+        return signal.Signals(number).name
+    except ValueError:  # e.g. a real-time signal
+        return str(number)
 
 
 def received(answers: list[tuple[int, Reply, str | None]]) -> dict[int, Reply]:
