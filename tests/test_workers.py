@@ -135,15 +135,16 @@ class FakeClients(SimpleNamespace):
 
 
 def test_methods_with_client_state_and_single_clients_train_in_process() -> None:
-    def clients(n: int, in_workers: bool = True) -> FakeClients:
+    def clients(n: int, in_workers: bool = True, device: str = "cpu") -> FakeClients:
         return FakeClients(method=SimpleNamespace(name="m", clients_in_workers=in_workers),
-                           model=torch.nn.Linear(1, 1), rows=[[0]] * n)
+                           model=torch.nn.Linear(1, 1, device=device), rows=[[0]] * n)
 
     engine = SimulationEngine(workers=4)
     assert engine.pool_size(clients(10)) == 4
     assert engine.pool_size(clients(3)) == 3
     assert engine.pool_size(clients(1)) == 1  # the centralized baseline
     assert engine.pool_size(clients(10, in_workers=False)) == 1  # distillation keeps client models
+    assert engine.pool_size(clients(10, device="meta")) == 1  # as a model on a GPU: not on the CPU
 
 
 def test_clients_are_balanced_over_workers_by_size() -> None:
