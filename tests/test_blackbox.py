@@ -144,6 +144,28 @@ def test_bbpt_prompt_is_init_plus_projection_of_z(wordpiece_llama_dir: Path) -> 
         method.set_state(model, {"z": torch.zeros(5)})
 
 
+def test_vprompt_scores_as_bbpt_does_and_trains_only_its_prompt(wordpiece_llama_dir: Path) -> None:
+    """The white-box counterpart: at the start its prompt is bbpt's p0 and every example gets the
+    same label logits; a round of gradient steps moves the prompt alone and lowers the loss."""
+    bbpt, bbpt_model, tokenizer = method_and_model(wordpiece_llama_dir, "bbpt", num_virtual_tokens=3)
+    method, model, _ = method_and_model(wordpiece_llama_dir, "vprompt", num_virtual_tokens=3)
+    data = encode(TEXTS, LABELS, tokenizer, 16)
+    batch = take(data, np.arange(len(data)))
+    with torch.no_grad():
+        torch.testing.assert_close(model(batch.input_ids, batch.attention_mask),
+                                   bbpt_model(batch.input_ids, batch.attention_mask))
+    assert list(method.get_state(model)) == ["soft_prompt"]
+    weights = {k: v.clone() for k, v in model.lm.state_dict().items()}
+    before = model.soft_prompt.detach().clone()
+    first = method.fit(model, data, np.arange(len(data)), TrainConfig(batch_size=8, lr=0.05, local_epochs=1),
+                       FitContext(cid=0, server_round=1, seed=0))
+    later = method.fit(model, data, np.arange(len(data)), TrainConfig(batch_size=8, lr=0.05, local_epochs=3),
+                       FitContext(cid=0, server_round=2, seed=1))
+    assert later.loss < first.loss and first.backward_passes == len(data)
+    assert not torch.equal(model.soft_prompt, before)
+    assert all(torch.equal(v, weights[k]) for k, v in model.lm.state_dict().items())
+
+
 # --- end to end through the shared experiment code ---------------------------------------------
 
 @pytest.mark.parametrize(("method", "strategy"), [

@@ -112,12 +112,12 @@ def test_good_client_specs_parse() -> None:
 def test_public_set_from_a_text_file(tmp_path: Path) -> None:
     path = tmp_path / "public.txt"
     path.write_text("one  text\n\ntwo\none text\nthree\n")
-    texts = load_public_texts(str(path), "text", 10)
+    texts = load_public_texts(str(path), "text", 10, [])
     assert sorted(texts) == ["one text", "three", "two"]  # blank and repeated lines dropped
-    assert len(load_public_texts(str(path), "text", 2)) == 2
-    assert len(load_public_texts("guardian-headlines", "text", 50)) == 50
+    assert len(load_public_texts(str(path), "text", 2, [])) == 2
+    assert len(load_public_texts("guardian-headlines", "text", 50, [])) == 50
     with pytest.raises(UserError, match="method.public = 'nowhere'"):
-        load_public_texts("nowhere", "text", 10)
+        load_public_texts("nowhere", "text", 10, [])
 
 
 # --- the method on tiny models -----------------------------------------------------------------
@@ -240,3 +240,28 @@ def test_an_interrupted_run_resumes_from_the_consensus(tiny_config, tiny_model_d
     result = resume_experiment(run_dir, log=lambda *_: None)["federated"]
     assert [r["round"] for r in result.records] == [0, 1, 2]
     assert load_file(result.path / "state.safetensors")["logits"].shape == (24, 2)
+
+
+def test_the_task_public_set_is_the_training_texts_no_client_holds(tiny_config, tiny_model_dir: Path) -> None:
+    """public = 'task': the training split's rows beyond data.max_train_examples, unlabeled; local
+    mode evaluates each client's own model, which trains alone (no consensus ever arrives)."""
+    from fedcustom.data import load_task_data
+
+    clients = [f"model={tiny_model_dir} layers=1 method=lora", "model=bow dim=8 lr=0.05"]
+    cfg = tiny_config(method={"name": "distill", "clients": clients, "public": "task", "public_size": 50},
+                      strategy={"name": "consensus"}, data={"max_train_examples": 60},
+                      modes=["federated", "local"])
+    data = load_task_data(cfg.data)
+    assert len(data.train) == 60 and len(data.unlabeled) == 90 - 60  # 120 rows, 30 test
+    assert not set(data.unlabeled) & (set(data.train["text"]) | set(data.test["text"]))
+    results = run_experiment(cfg, log=lambda *_: None)
+    assert load_file(results["federated"].path / "state.safetensors")["logits"].shape == (30, 2)
+    local = results["local"].records[-1]
+    assert local["clients"] == 2 and local["bytes_up"] == 0
+    # the two clients' own models (a 1-layer LoRA encoder, a bag of embeddings) predict differently
+    per_client = json.loads((results["local"].path / "clients.json").read_text())
+    assert len(per_client) == 2
+    assert len({json.dumps(m["2"]["test_loss"]) for m in per_client.values()}) == 2
+    with pytest.raises(UserError, match="method.public = 'task' needs training texts that no client"):
+        run_experiment(tiny_config(method={"name": "distill", "clients": clients, "public": "task"},
+                                   strategy={"name": "consensus"}), log=lambda *_: None)

@@ -121,3 +121,19 @@ def test_the_command_line_logs_even_after_a_library_reconfigured_logging(tiny_co
     config.write_text(dumps(tiny_config()))
     assert main(["run", str(config), "--set", "federation.rounds=1", "--set", "modes=['federated']"]) == 0
     assert "results:" in capsys.readouterr().out
+
+
+def test_peak_rss_is_the_runs_own_after_a_reset() -> None:
+    """peak_rss_mb reads the peak since the last reset_peak_rss, so a study's later, smaller run does
+    not report an earlier run's peak."""
+    import numpy as np
+
+    from fedcustom.federation.rounds import peak_rss_mb, reset_peak_rss
+
+    if not Path("/proc/self/clear_refs").exists():
+        pytest.skip("needs Linux's /proc")
+    block = np.ones(400 * 2**20 // 8)  # 400 MiB, touched
+    high = peak_rss_mb()
+    del block
+    reset_peak_rss()
+    assert peak_rss_mb() < high - 300

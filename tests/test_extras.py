@@ -193,7 +193,8 @@ def test_every_declared_need_is_a_known_optional_package() -> None:
 
 # import name -> the distribution that provides it, for the packages an extra lists itself
 DISTRIBUTIONS = {"flwr": "flwr", "opacus": "opacus", "faiss": "faiss-cpu", "cma": "cma",
-                 "rouge_score": "rouge-score", "gguf": "gguf"}
+                 "rouge_score": "rouge-score", "gguf": "gguf", "tensorboard": "tensorboard",
+                 "mlflow": "mlflow-skinny"}
 
 
 def optional_dependencies() -> dict[str, list[str]]:
@@ -206,7 +207,7 @@ def distribution(requirement: str) -> str:
 
 def test_the_all_extra_holds_every_other_extra() -> None:
     extras_ = optional_dependencies()
-    assert {"flower", "privacy", "rag", "blackbox", "generation", "dev", "all"} <= set(extras_)
+    assert {"flower", "privacy", "rag", "blackbox", "generation", "tracking", "dev", "all"} <= set(extras_)
     for name, requirements in extras_.items():
         missing = set(requirements) - set(extras_["all"])
         assert not missing, f"extra '{name}' lists {sorted(missing)}, which 'all' does not"

@@ -58,9 +58,11 @@ def test_run_records_dropped_and_late_clients(tiny_config) -> None:
         on_time, dropped, late = faults.split(r["round"], list(range(6)))
         assert (r["dropped"], r["late"]) == (dropped, late)
         assert r["accepted"] + len(r["rejected"]) == len(on_time)
-        sizes[r["round"]] = (r["bytes_up"], len(on_time))
-    per_client = {b // n for b, n in sizes.values() if n}
+        sizes[r["round"]] = (r["bytes_up"], len(on_time), r["bytes_down"], len(on_time + late))
+    per_client = {b // n for b, n, _, _ in sizes.values() if n}
     assert len(per_client) == 1  # only updates that arrived in time are counted as sent
+    # the global state goes to every client asked to train (late ones too), none to those dropped
+    assert {down // n for _, _, down, n in sizes.values() if n} == per_client
     assert any(r["dropped"] for r in records[1:]) and any(r["late"] for r in records[1:])
 
 

@@ -57,6 +57,7 @@ CASES = {
     "prompt-search": Case("causal", {"name": "score-search", "candidates": 4}, {"score_examples": 8}),
     "bbpt": Case("causal", {"name": "fedavg"},
                  {"score_examples": 8, "intrinsic_dim": 8, "popsize": 3, "generations": 1}),
+    "vprompt": Case("causal", {"name": "fedavg"}, {"num_virtual_tokens": 3}),
 }
 
 

@@ -135,15 +135,15 @@ class FakeClients(SimpleNamespace):
 
 
 def test_methods_with_client_state_and_single_clients_train_in_process() -> None:
-    def clients(n: int, in_workers: bool = True, device: str = "cpu") -> FakeClients:
-        return FakeClients(method=SimpleNamespace(name="m", clients_in_workers=in_workers),
+    def clients(n: int, own_models: bool = False, device: str = "cpu") -> FakeClients:
+        return FakeClients(method=SimpleNamespace(name="m", own_client_models=own_models),
                            model=torch.nn.Linear(1, 1, device=device), rows=[[0]] * n)
 
     engine = SimulationEngine(workers=4)
     assert engine.pool_size(clients(10)) == 4
     assert engine.pool_size(clients(3)) == 3
     assert engine.pool_size(clients(1)) == 1  # the centralized baseline
-    assert engine.pool_size(clients(10, in_workers=False)) == 1  # distillation keeps client models
+    assert engine.pool_size(clients(10, own_models=True)) == 1  # distillation keeps client models
     assert engine.pool_size(clients(10, device="meta")) == 1  # as a model on a GPU: not on the CPU
 
 

@@ -31,6 +31,7 @@ class Task:
 
 
 def build_classifier(method: Method, cfg: ExperimentConfig, data: TaskData) -> tuple[nn.Module, Any]:
+    method.use_unlabeled(data.unlabeled)
     return method.build_model(cfg.model, len(data.label_names), cfg.seed)
 
 

@@ -9,6 +9,7 @@ table are that component's own options dataclass.
 from __future__ import annotations
 
 import math
+import re
 import tomllib
 import typing
 from collections.abc import Mapping
@@ -48,7 +49,9 @@ def check(ok: bool, name: str, expected: str) -> None:
 class ModelConfig:
     name: str = opt("minilm", "packaged short name (minilm, smollm2), a local directory or a hub id")
     max_length: int = opt(64, "tokens per example after truncation")
-    pooling: Literal["mean", "cls"] = opt("mean", "how token states become one vector for the head")
+    pooling: Literal["mean", "cls", "pooler"] = opt(
+        "mean", "how token states become one vector for the head: mean, cls, or pooler (the model's "
+        "own sequence-classification head; its adapters load with PEFT's AutoPeftModel classes)")
 
     def __post_init__(self) -> None:
         check(self.max_length >= 4, "max_length", "an integer >= 4")
@@ -165,9 +168,13 @@ class FederationConfig:
         0, "centralized mode: stop once validation accuracy has not improved for this many evaluations "
            "(early stopping, so the baseline is a converged reference; needs data.validation_fraction "
            "> 0; 0: train all rounds)")
+    save_every: int = opt(
+        0, "also export the adapter every this many rounds, into <mode>/snapshots/round-NNNN "
+           "(federated and centralized modes; 0: only the final adapter)")
 
     def __post_init__(self) -> None:
         check(self.rounds >= 1, "rounds", "an integer >= 1")
+        check(self.save_every >= 0, "save_every", "an integer >= 0")
         check(self.eval_every >= 1, "eval_every", "an integer >= 1")
         check(self.centralized_patience >= 0, "centralized_patience", "an integer >= 0")
         check(self.local_clients >= 0, "local_clients", "an integer >= 0")
@@ -236,6 +243,30 @@ class FlowerConfig:
         check(self.round_timeout > 0, "round_timeout", "a number of seconds > 0")
 
 
+TRACKING_URI = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*:")
+
+
+@dataclass(frozen=True)
+class TrackingConfig:
+    """Mirrors of the run's records for TensorBoard and MLflow (runs/tracking.py); the run folder's
+    own files stay the results. Needs the extra `tracking`."""
+
+    tensorboard: bool = opt(False, "write TensorBoard event files into RUN/tensorboard/MODE: every "
+                                   "number of a round record as a scalar (step = round), the config "
+                                   "as text and hparams")
+    mlflow: bool = opt(False, "log the run to MLflow: metrics MODE/KEY per round, the config as "
+                              "params, the run folder's config, records and summary as artifacts")
+    mlflow_uri: str = opt("", "MLflow tracking URI ('': a SQLite store beside the run folder, "
+                              "OUTPUT_DIR/mlflow/mlflow.db)")
+    experiment: str = opt("", "MLflow experiment ('': the study's name in a study, else 'fedcustom')")
+
+    def __post_init__(self) -> None:
+        check(self.mlflow_uri == "" or bool(TRACKING_URI.match(self.mlflow_uri)), "mlflow_uri",
+              "'' or a tracking URI with a scheme, e.g. sqlite:///PATH/mlflow.db or http://HOST:5000")
+        check(self.experiment == self.experiment.strip(), "experiment",
+              "a name without leading or trailing spaces")
+
+
 @dataclass(frozen=True)
 class ComponentSpec:
     """A registered component (method or strategy) by name, with its own options dataclass."""
@@ -275,6 +306,7 @@ class ExperimentConfig:
     faults: FaultsConfig = field(default_factory=FaultsConfig)
     generation: GenerationConfig = field(default_factory=GenerationConfig)
     flower: FlowerConfig = field(default_factory=FlowerConfig)
+    tracking: TrackingConfig = field(default_factory=TrackingConfig)
 
     def __post_init__(self) -> None:
         check(bool(self.modes) and set(self.modes) <= set(MODES), "modes",

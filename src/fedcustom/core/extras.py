@@ -27,6 +27,10 @@ EXTRAS: dict[str, str] = {
     "cma": "blackbox",
     "rouge_score": "generation",  # rouge-score
     "gguf": "generation",
+    "tensorboard": "tracking",
+    "mlflow": "tracking",  # mlflow-skinny
+    "sqlalchemy": "tracking",  # MLflow's SQLite store
+    "alembic": "tracking",
 }
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import functools
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any, NamedTuple
 
@@ -36,6 +36,9 @@ class TaskData:
     test: datasets.Dataset
     validation: datasets.Dataset | None
     label_names: list[str]
+    # Texts of the training split that data.max_train_examples leaves out: no client holds them and
+    # no split evaluates them, so a method may use them unlabeled (distillation's in-domain public set).
+    unlabeled: list[str] = field(default_factory=list)
 
     @property
     def kind(self) -> str:
@@ -318,6 +321,7 @@ def task_data(name: str, table: Table, train: np.ndarray, test: np.ndarray,
               validation: np.ndarray | None, cfg: DataConfig) -> TaskData:
     """The splits' rows of `table` (each in shuffled order) as datasets, after data.max_*_examples."""
     # Caps take a prefix of the shuffled order: deterministic, and test never overlaps train.
+    spare = train[cfg.max_train_examples:] if cfg.max_train_examples else train[:0]
     train = train[: cfg.max_train_examples or None]
     test = test[: cfg.max_test_examples or None]
     return TaskData(
@@ -326,4 +330,5 @@ def task_data(name: str, table: Table, train: np.ndarray, test: np.ndarray,
         test=to_dataset(table, test),
         validation=to_dataset(table, validation) if validation is not None else None,
         label_names=list(table.label_names),
+        unlabeled=[table.texts[i] for i in spare],
     )

@@ -50,9 +50,9 @@ class SimulationEngine(Engine):
         """Worker processes for this run's clients: 1 (this process) where more cannot help (one
         client: the centralized baseline) or cannot give the same numbers."""
         size = min(self.workers, len(clients))
-        if size > 1 and not clients.method.clients_in_workers:
-            logger.warning(f"workers = {self.workers}: method '{clients.method.name}' keeps client state "
-                           "between rounds; its clients train in this process")
+        if size > 1 and clients.method.own_client_models:
+            logger.warning(f"workers = {self.workers}: method '{clients.method.name}' keeps each client's "
+                           "model between rounds; its clients train in this process")
             return 1
         if size > 1 and "fork" not in multiprocessing.get_all_start_methods():
             logger.warning(f"workers = {self.workers}: this system cannot fork processes; clients train "

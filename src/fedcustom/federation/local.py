@@ -38,16 +38,18 @@ def local_sample(num_clients: int, k: int, seed: int) -> list[int]:
 def train_alone(clients: Clients, cid: int, initial: State, rounds: int,
                 evaluates: Callable[[int], bool],
                 evaluate: Callable[[nn.Module], dict[str, Any]]) -> dict[int, dict[str, Any]]:
-    """Client `cid` on its own for `rounds` rounds: its metrics after every evaluated round."""
-    method, model = clients.method, clients.model
+    """Client `cid` on its own for `rounds` rounds: its metrics after every evaluated round. It
+    continues from its own state; where that state is not its model (Method.own_client_models) it
+    keeps its model and receives the initial state, which carries nothing, every round."""
+    method = clients.method
     state, metrics = initial, {}
     for server_round in range(1, rounds + 1):
         start = time.perf_counter()
         ctx = fit_context(clients.seed, server_round, cid,
                           Instructions(lr_scale(clients.train, server_round, rounds)))
-        state, local = client_update(clients, state, ctx)
+        state, local = client_update(clients, initial if method.own_client_models else state, ctx)
         if evaluates(server_round):
-            method.set_state(model, state)
+            model = method.client_model(clients.model, cid, state)
             metrics[server_round] = {**evaluate(model), "train_loss": local.loss,
                                      "client_seconds": local.seconds,
                                      "round_seconds": time.perf_counter() - start}

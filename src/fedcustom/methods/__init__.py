@@ -10,4 +10,5 @@ from fedcustom.methods import (  # noqa: F401  (each registers itself)
     prefix,
     prompt,
     prompt_search,
+    vprompt,
 )

@@ -7,6 +7,7 @@ the one loss the shared training loop calls. Engines and strategies know nothing
 
 from __future__ import annotations
 
+import json
 from abc import ABC, abstractmethod
 from pathlib import Path
 from typing import Any, ClassVar
@@ -19,6 +20,7 @@ from torch import nn
 
 from fedcustom.core.config import ModelConfig, TrainConfig
 from fedcustom.core.errors import UserError
+from fedcustom.core.io import atomic_write
 from fedcustom.core.types import FitContext, LocalResult, State
 from fedcustom.data.batching import Batch, Encoded
 from fedcustom.methods.training import train_local
@@ -32,12 +34,13 @@ class Method(ABC):
     # What the method exchanges: weights | masked-weights (weights with ownership masks, see
     # core.types.owned_key) | logits | scores | none (see DESIGN.md).
     exchange: ClassVar[str] = "weights"
+    # True: each client keeps its own model between rounds and the exchanged state is not that
+    # model (distillation's logits). A client training alone then receives nothing back, and
+    # clients train in the server's process (the simulation engine's `workers` need a client's
+    # work to depend only on what it receives: state, rows, seed).
+    own_client_models: ClassVar[bool] = False
     # The task kinds (fedcustom.tasks) the method can train: its model builder and loss fit these.
     tasks: ClassVar[frozenset[str]] = frozenset({"classification"})
-    # Whether clients may train in worker processes (the simulation engine's `workers`): true when
-    # a client's work depends only on what it receives (state, rows, seed), never on what earlier
-    # clients left in the method or the model beyond the state that set_state overwrites.
-    clients_in_workers: ClassVar[bool] = True
     Options: ClassVar[type]
 
     def __init__(self, options: object) -> None:
@@ -47,6 +50,18 @@ class Method(ABC):
         """The task model (before `prepare`) and its tokenizer. Default: backbone + classifier head."""
 
         return build_classifier(cfg, num_labels, seed)
+
+    def use_unlabeled(self, texts: list[str]) -> None:
+        """Offered before build_model: unlabeled texts of the task's own corpus that no client holds
+        and no split evaluates (TaskData.unlabeled). Default: not used."""
+        del texts
+
+    def client_model(self, model: nn.Module, cid: int, state: State) -> nn.Module:
+        """The model client `cid` predicts with once it holds `state` (local-only training evaluates
+        it). Default: the shared model with the state loaded; a method whose clients keep their own
+        models (distillation) returns that client's."""
+        self.set_state(model, state)
+        return model
 
     def evaluate(self, model: nn.Module, data: Encoded, batch_size: int) -> dict[str, float]:
         """Metrics of `model` on held-out `data` (names without the split prefix)."""
@@ -113,15 +128,35 @@ class Method(ABC):
         return F.cross_entropy(model(batch.input_ids, batch.attention_mask), batch.labels)
 
     def save_adapter(self, model: nn.Module, path: Path) -> None:
-        """Export for use outside fedcustom. PEFT-wrapped encoders are written in PEFT's format."""
+        """Export for use outside fedcustom. PEFT-wrapped encoders are written in PEFT's format,
+        naming the base model portably (see models.backbones.portable_name); a separate task head
+        (mean or cls pooling) goes in head.safetensors."""
         from peft import PeftModel
 
         path.mkdir(parents=True, exist_ok=True)
         encoder = getattr(model, "encoder", None)
         if isinstance(encoder, PeftModel):
             encoder.save_pretrained(path)
+            name_base_model(path, getattr(model, "base_name", ""))
         head = getattr(model, "head", None)
         if head is not None:
             save_file({k: v.detach().cpu().contiguous() for k, v in head.state_dict().items()},
                       path / "head.safetensors")
 
+
+
+def name_base_model(adapter_dir: Path, name: str) -> None:
+    """Point a saved PEFT adapter (its config and model card) at `name` instead of the path the
+    base model was read from on this machine."""
+    if not name:
+        return
+    from huggingface_hub import ModelCard
+
+    config = adapter_dir / "adapter_config.json"
+    atomic_write(config, json.dumps({**json.loads(config.read_text()), "base_model_name_or_path": name},
+                                    indent=2, sort_keys=True) + "\n")
+    card_file = adapter_dir / "README.md"
+    if card_file.is_file():
+        card = ModelCard.load(card_file)
+        card.data["base_model"] = name
+        atomic_write(card_file, str(card))

@@ -34,6 +34,7 @@ from fedcustom.methods.blackbox import (
     VerbalizerLM,
     accuracy_and_loss,
     hidden_states,
+    prompt_embeddings,
 )
 
 
@@ -68,9 +69,7 @@ class Bbpt(BlackBoxMethod):
         model, tokenizer = super().build_model(cfg, num_labels, seed)
         o = self.options
         embeddings = model.lm.get_input_embeddings().weight.detach()
-        ids = tokenizer(o.init_text, add_special_tokens=False)["input_ids"]
-        ids = (ids * o.num_virtual_tokens)[: o.num_virtual_tokens]
-        model.prompt_init = embeddings[ids].clone()
+        model.prompt_init = prompt_embeddings(model, tokenizer, o.init_text, o.num_virtual_tokens)
         # Entries N(0, std^2/d): a unit step in z moves each prompt entry by about one embedding std.
         generator = torch.Generator().manual_seed(o.projection_seed)
         scale = float(embeddings.std()) / math.sqrt(o.intrinsic_dim)

@@ -148,18 +148,30 @@ class VerbalizerLM(nn.Module):
                 "label_words": [self.word_texts[label][w] for label, w in enumerate(choice[1:])]}
 
 
+def build_verbalizer(cfg: ModelConfig, options: BlackBoxOptions, num_labels: int) -> tuple[VerbalizerLM, Any]:
+    """The configured causal LM as a VerbalizerLM over the options' templates and label words."""
+    if len(options.label_words) != num_labels:
+        raise UserError(f"method.label_words has {len(options.label_words)} entries; the data "
+                        f"has {num_labels} labels (one '|'-separated word list per label)")
+    lm, tokenizer = load_causal_lm(cfg)
+    return VerbalizerLM(lm, tokenizer, options.templates, options.label_words), tokenizer
+
+
+def prompt_embeddings(model: VerbalizerLM, tokenizer: Any, text: str, length: int) -> torch.Tensor:
+    """[length, hidden]: the input embeddings of `text`'s tokens, repeated or cut to `length` (the
+    soft prompts' starting point)."""
+    ids = tokenizer(text, add_special_tokens=False)["input_ids"]
+    ids = (ids * length)[:length]
+    return model.lm.get_input_embeddings().weight.detach()[ids].clone()
+
+
 class BlackBoxMethod(Method):
     """Forward-only methods on a VerbalizerLM; subclasses say what is searched and exchanged."""
 
     options: BlackBoxOptions
 
     def build_model(self, cfg: ModelConfig, num_labels: int, seed: int) -> tuple[nn.Module, Any]:
-
-        if len(self.options.label_words) != num_labels:
-            raise UserError(f"method.label_words has {len(self.options.label_words)} entries; the data "
-                            f"has {num_labels} labels (one '|'-separated word list per label)")
-        lm, tokenizer = load_causal_lm(cfg)
-        return VerbalizerLM(lm, tokenizer, self.options.templates, self.options.label_words), tokenizer
+        return build_verbalizer(cfg, self.options, num_labels)
 
     def prepare(self, model: nn.Module) -> nn.Module:
         model.requires_grad_(False)  # black box: the model is only called

@@ -67,8 +67,10 @@ class DistillOptions:
             "weight method), dim (bow width), lr (0: [train] lr), other keys: the method's options. "
             "Empty: every client runs the [model] backbone with server_method")
     server_method: str = opt("lora", "weight method that customizes the server model ([model] backbone)")
-    public: str = opt("guardian-headlines", "public unlabeled proxy set: guardian-headlines, movie-plots, "
-                                            "or a .txt/.csv/.jsonl path (never the test set)")
+    public: str = opt("guardian-headlines", "public unlabeled proxy set: task (the task's own training "
+                                            "texts that data.max_train_examples leaves out: in-domain, "
+                                            "held by no client), guardian-headlines, movie-plots, or a "
+                                            ".txt/.csv/.jsonl path (never the test set)")
     public_text_column: str = opt("text", "text column of a .csv/.jsonl public set")
     public_size: int = opt(1000, "public examples used (a fixed shuffled subset); payload = size x labels")
     temperature: float = opt(1.0, "distillation temperature: soft targets are softmax(consensus / T)")
@@ -111,7 +113,7 @@ class ClientDevice:
 class Distill(Method):
     summary = "federated distillation: clients (heterogeneous models) exchange logits on a public set"
     exchange = "logits"
-    clients_in_workers = False  # each client's model lives in this object between rounds
+    own_client_models = True
     Options = DistillOptions
     options: DistillOptions
 
@@ -123,6 +125,10 @@ class Distill(Method):
         self.clients: dict[int, ClientDevice] = {}
         self.held: State = {}  # what get_state returns: a client's upload, or the consensus
         self.distillations = 0  # server distillations so far: part of each one's seed
+        self.unlabeled: list[str] = []
+
+    def use_unlabeled(self, texts: list[str]) -> None:
+        self.unlabeled = list(texts)
 
     # --- the server model ----------------------------------------------------------------------
 
@@ -130,7 +136,7 @@ class Distill(Method):
 
         self.model_cfg, self.num_labels, self.seed = cfg, num_labels, seed
         self.public_texts = load_public_texts(self.options.public, self.options.public_text_column,
-                                              self.options.public_size)
+                                              self.options.public_size, self.unlabeled)
         model, self.tokenizer = build_classifier(cfg, num_labels, seed)
         return model, self.tokenizer
 
@@ -166,6 +172,11 @@ class Distill(Method):
         seed = derived_seed(self.seed, SERVER_STREAM, self.distillations)
         self.distill(model, self.server_method, self.server_public, logits, self.options.server_epochs,
                      self.options.server_lr, self.options.server_head_lr, seed)
+
+    def client_model(self, model: nn.Module, cid: int, state: State) -> nn.Module:
+        """Client cid's own model (local-only training evaluates it; it must share the server's
+        tokenizer, as the test split is encoded with it)."""
+        return self.device(cid, model_device(model)).model
 
     def save_adapter(self, model: nn.Module, path: Path) -> None:
         """The server model, in the server method's format (PEFT's for lora/prefix/prompt)."""

@@ -182,14 +182,21 @@ def movie_plots() -> list[str]:
 PUBLIC_SETS = {"guardian-headlines": guardian_headlines, "movie-plots": movie_plots}
 
 
-def load_public_texts(source: str, text_column: str, size: int) -> list[str]:
-    """Up to `size` distinct non-empty texts, in a fixed shuffled order (the same on every run)."""
-    if source in PUBLIC_SETS:
+def load_public_texts(source: str, text_column: str, size: int, task_texts: list[str]) -> list[str]:
+    """Up to `size` distinct non-empty texts, in a fixed shuffled order (the same on every run).
+    `task_texts`: the task's own unlabeled texts (TaskData.unlabeled), for source 'task'."""
+    if source == "task":
+        if not task_texts:
+            raise UserError("method.public = 'task' needs training texts that no client holds: set "
+                            "data.max_train_examples below the training split's size (the rest "
+                            "becomes the public set)")
+        texts = task_texts
+    elif source in PUBLIC_SETS:
         texts = PUBLIC_SETS[source]()
     else:
         path = Path(source).expanduser()
         if not path.exists():
-            raise UserError(f"method.public = {source!r}: expected one of {sorted(PUBLIC_SETS)} "
+            raise UserError(f"method.public = {source!r}: expected 'task', one of {sorted(PUBLIC_SETS)} "
                             "or a path to a .txt (one text a line), .csv or .jsonl file")
         if path.suffix.lower() == ".txt":
             texts = path.read_text(errors="replace").splitlines()

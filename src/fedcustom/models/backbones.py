@@ -53,16 +53,17 @@ def _smollm2() -> tuple[str, dict[str, Any]]:
     return str(cache), {}
 
 
-PACKAGED: dict[str, Callable[[], tuple[str, dict[str, Any]]]] = {
-    "minilm": _minilm,
-    "smollm2": _smollm2,
+# short name -> (where its files are found offline, the hub id it was published under)
+PACKAGED: dict[str, tuple[Callable[[], tuple[str, dict[str, Any]]], str]] = {
+    "minilm": (_minilm, "sentence-transformers/all-MiniLM-L6-v2"),
+    "smollm2": (_smollm2, "HuggingFaceTB/SmolLM2-135M-Instruct"),
 }
 
 
 def resolve(name: str) -> tuple[str, dict[str, Any]]:
     """Short name, local directory or hub id -> (path or id for from_pretrained, kwargs)."""
     if name in PACKAGED:
-        return PACKAGED[name]()
+        return PACKAGED[name][0]()
     path = Path(name).expanduser()
     if path.exists():
         if not (path / "config.json").is_file():
@@ -73,9 +74,16 @@ def resolve(name: str) -> tuple[str, dict[str, Any]]:
     return name, {}  # a hub id; from_pretrained says if it cannot be reached
 
 
-def load_backbone(cfg: ModelConfig) -> tuple[nn.Module, Any]:
-    """The bare transformer (no LM or task head) and its tokenizer."""
-    from transformers import AutoModel, AutoTokenizer
+def portable_name(name: str) -> str:
+    """What an exported adapter names as its base model: a packaged model's hub id (the same
+    weights; offline, pass the base model yourself, see docs/methods.md), else the name as given."""
+    return PACKAGED[name][1] if name in PACKAGED else name
+
+
+def load_pretrained(cfg: ModelConfig, auto_class: str, **options: Any) -> tuple[nn.Module, Any]:
+    """`transformers.<auto_class>.from_pretrained` for the configured model, in fp32, quietly, with
+    its tokenizer (given a pad token if it has none). `options` go to from_pretrained."""
+    import transformers
     from transformers.utils import logging as hf_logging
 
     source, kwargs = resolve(cfg.name)
@@ -83,31 +91,24 @@ def load_backbone(cfg: ModelConfig) -> tuple[nn.Module, Any]:
     hf_logging.disable_progress_bar()
     logging.getLogger("transformers").setLevel(logging.ERROR)
     try:
-        tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
-        backbone = AutoModel.from_pretrained(source, dtype=torch.float32, **kwargs)
-    except OSError as e:
-        raise UserError(f"cannot load model '{cfg.name}': {str(e).splitlines()[0]}") from None
+        tokenizer = transformers.AutoTokenizer.from_pretrained(source, **kwargs)
+        model = getattr(transformers, auto_class).from_pretrained(
+            source, dtype=torch.float32, **kwargs, **options)
+    except (OSError, ValueError) as e:  # ValueError: no such head (e.g. an encoder as an LM)
+        raise UserError(f"cannot load '{cfg.name}' as {auto_class}: {str(e).splitlines()[0]}") from None
     if tokenizer.pad_token_id is None:
         tokenizer.pad_token = tokenizer.eos_token
-    return backbone, tokenizer
+    return model, tokenizer
+
+
+def load_backbone(cfg: ModelConfig) -> tuple[nn.Module, Any]:
+    """The bare transformer (no LM or task head) and its tokenizer."""
+    return load_pretrained(cfg, "AutoModel")
 
 
 def load_causal_lm(cfg: ModelConfig) -> tuple[nn.Module, Any]:
     """A causal language model with its LM head, and its tokenizer (black-box prompt methods)."""
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-    from transformers.utils import logging as hf_logging
-
-    source, kwargs = resolve(cfg.name)
-    hf_logging.set_verbosity_error()
-    hf_logging.disable_progress_bar()
-    try:
-        tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
-        lm = AutoModelForCausalLM.from_pretrained(source, dtype=torch.float32, **kwargs)
-    except (OSError, ValueError) as e:  # ValueError: the checkpoint is no causal LM (e.g. an encoder)
-        raise UserError(f"cannot load '{cfg.name}' as a causal LM: {str(e).splitlines()[0]}") from None
-    if tokenizer.pad_token_id is None:
-        tokenizer.pad_token = tokenizer.eos_token
-    return lm, tokenizer
+    return load_pretrained(cfg, "AutoModelForCausalLM")
 
 
 class TaskModel(nn.Module):
@@ -119,6 +120,7 @@ class TaskModel(nn.Module):
     # attribute declares it: it would hide the registered submodule from nn.Module's lookup.)
     peft_task_type: str = "FEATURE_EXTRACTION"
     encoder: nn.Module
+    base_name: str = ""  # the base model's portable name (portable_name), for exported adapters
 
     def loss(self, batch: Any) -> torch.Tensor:
         return F.cross_entropy(self(batch.input_ids, batch.attention_mask), batch.labels)
@@ -149,9 +151,34 @@ class Classifier(TaskModel):
         return self.head(pooled)
 
 
-def build_classifier(cfg: ModelConfig, num_labels: int, seed: int) -> tuple[Classifier, Any]:
-    backbone, tokenizer = load_backbone(cfg)
-    backbone.requires_grad_(False)
-    torch.manual_seed(seed)  # the head's initialization is part of the experiment's seed
-    model = Classifier(backbone, backbone.config.hidden_size, num_labels, cfg.pooling)
-    return model, tokenizer
+class SequenceClassifier(TaskModel):
+    """transformers' own sequence-classification model (for BERT: [CLS] -> pooler -> classifier),
+    whole, in `encoder`. PEFT wraps it as a SEQ_CLS model and keeps its classifier among the
+    adapter's weights, so an exported adapter loads with PEFT's AutoPeftModelForSequenceClassification
+    and predicts what fedcustom measured."""
+
+    peft_task_type = "SEQ_CLS"
+
+    def __init__(self, model: nn.Module) -> None:
+        super().__init__()
+        self.encoder = model
+
+    def forward(self, input_ids: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+        return self.encoder(input_ids=input_ids, attention_mask=attention_mask).logits
+
+
+def build_classifier(cfg: ModelConfig, num_labels: int, seed: int) -> tuple[TaskModel, Any]:
+    """The classifier `cfg.pooling` names, with its base frozen and its head seeded by `seed`."""
+    if cfg.pooling == "pooler":
+        torch.manual_seed(seed)  # from_pretrained initializes the new classifier from torch's RNG
+        model, tokenizer = load_pretrained(cfg, "AutoModelForSequenceClassification",
+                                           num_labels=num_labels)
+        model.requires_grad_(False)
+        task_model: TaskModel = SequenceClassifier(model)
+    else:
+        backbone, tokenizer = load_backbone(cfg)
+        backbone.requires_grad_(False)
+        torch.manual_seed(seed)  # the head's initialization is part of the experiment's seed
+        task_model = Classifier(backbone, backbone.config.hidden_size, num_labels, cfg.pooling)
+    task_model.base_name = portable_name(cfg.name)
+    return task_model, tokenizer

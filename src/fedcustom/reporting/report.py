@@ -25,6 +25,7 @@ from fedcustom.reporting.convergence import (
 from fedcustom.reporting.generation import generation_report
 from fedcustom.reporting.plots import FIGURES, Curve
 from fedcustom.reporting.runs import RunFolder, load_runs, per_round_table, summarize
+from fedcustom.runs.tracking import log_report
 
 LOCAL = (" Local: every client trains alone on its own data; its accuracy is the mean over the "
          "clients' own models, with the worst and the best client in brackets at the final round.")
@@ -169,15 +170,15 @@ def write_report(run_dirs: list[str | Path], out: str | Path | None = None) -> P
             "## Settings", settings_table(runs)]
     generation = generation_report(runs, curves, head)  # a causal LM's runs: perplexity, ROUGE-L
     if generation is not None:
-        out.mkdir(parents=True, exist_ok=True)
-        for name, (_, png) in generation[1].items():
-            atomic_write(out / name, png)
-        atomic_write(out / "report.md", generation[0])
-        return out / "report.md"
-    images = {name: plot(curves) for name, (_, plot) in FIGURES.items()}
+        text, images = generation[0], {name: png for name, (_, png) in generation[1].items()}
+    else:
+        images = {name: plot(curves) for name, (_, plot) in FIGURES.items()}
+        text = markdown_report(runs, {name: caption for name, (caption, _) in FIGURES.items()})
     out.mkdir(parents=True, exist_ok=True)
     for name, png in images.items():
         atomic_write(out / name, png)
     report = out / "report.md"
-    atomic_write(report, markdown_report(runs, {name: caption for name, (caption, _) in FIGURES.items()}))
+    atomic_write(report, text)
+    if len(runs) == 1:  # a run tracked in MLflow gets its report and figures as artifacts
+        log_report(runs[0].path, [out / name for name in images] + [report])
     return report

@@ -32,9 +32,11 @@ from fedcustom.data import TaskData, load_task_data, partition_indices, partitio
 from fedcustom.federation.attacks import Attack
 from fedcustom.federation.faults import Faults
 from fedcustom.federation.local import local_records, local_sample, train_alone
-from fedcustom.federation.rounds import Clients, Job
+from fedcustom.federation.rounds import Clients, Job, reset_peak_rss
 from fedcustom.runs.results import RunWriter
 from fedcustom.runs.summary import headline_metric, side_by_side
+from fedcustom.runs.tracking import Tracker
+from fedcustom.runs.tracking import check as check_tracking
 from fedcustom.strategies.fedavg import FedAvg, FedAvgOptions
 from fedcustom.tasks import task_for
 
@@ -69,9 +71,11 @@ def execute(cfg: ExperimentConfig, resume_dir: Path | None, log: Any,
             on_record: RecordHook | None, into: Path | None = None,
             data: TaskData | None = None) -> dict[str, ModeResult]:
     torch.set_num_threads(cfg.threads or os.cpu_count() or 1)
+    reset_peak_rss()  # the records' peak_rss_mb is this run's, not an earlier one's in this process
     check_writable(resume_dir or into or Path(cfg.output_dir))  # before anything loads
     device = resolve_device(cfg.device)  # a missing GPU fails here, before anything loads
     check_precision(device, cfg.train.precision)
+    check_tracking(cfg)  # a tracker's missing package, named in one line
     data = data if data is not None else load_task_data(cfg.data)
     parts = partition_indices(data.train, cfg.partition, cfg.seed)  # fails early on a bad split
     method = METHODS.get(cfg.method.name)(cfg.method.options)
@@ -134,8 +138,10 @@ def execute(cfg: ExperimentConfig, resume_dir: Path | None, log: Any,
             writer.records = local_records(per_client, {c: len(rows) for c, rows in enumerate(parts)},
                                            start_metrics)
             writer.write_records()
-            for record in writer.records if on_record is not None else []:
-                on_record("local", record)
+            for record in writer.records:
+                tracker.log("local", record)
+                if on_record is not None:
+                    on_record("local", record)
             return ModeResult("local", path, writer.records)
 
         def run_mode(mode: str) -> ModeResult:
@@ -161,9 +167,15 @@ def execute(cfg: ExperimentConfig, resume_dir: Path | None, log: Any,
                 start, state = ckpt.round, ckpt.state
                 strategy.load_state_dict(ckpt.strategy_state)
                 log(f"{mode}: resuming after round {start} of {cfg.federation.rounds}")
+                for record in writer.records:  # the trackers skip (MLflow) or rewrite (TensorBoard) these
+                    tracker.log(mode, record)
 
             def on_round(record: dict[str, Any], new_state: State) -> None:
                 writer.add_round(record, new_state, strategy.state_dict())
+                every = cfg.federation.save_every
+                if every and record["round"] and record["round"] % every == 0:
+                    writer.save_snapshot(method, model, record["round"])
+                tracker.log(mode, record)
                 if on_record is not None:
                     on_record(mode, record)
 
@@ -177,8 +189,14 @@ def execute(cfg: ExperimentConfig, resume_dir: Path | None, log: Any,
             writer.save_final(method, model, final)
             return ModeResult(mode, writer.path, writer.records)
 
-        results = {mode: run_mode(mode) for mode in cfg.modes}
-        summary = side_by_side({m: r.records for m, r in results.items()}, headline_metric(data.kind))
-        atomic_write(run_dir / "summary.txt", summary + "\n")
+        tracker = Tracker(cfg, run_dir)  # [tracking]: TensorBoard, MLflow (never stops the run)
+        try:
+            results = {mode: run_mode(mode) for mode in cfg.modes}
+            summary = side_by_side({m: r.records for m, r in results.items()}, headline_metric(data.kind))
+            atomic_write(run_dir / "summary.txt", summary + "\n")
+        except BaseException as e:
+            tracker.close("FAILED" if isinstance(e, Exception) else "KILLED")
+            raise
+        tracker.close()  # FINISHED: the run folder's files become artifacts
         log(f"\n{summary}\n\nresults: {run_dir}")
         return results

@@ -136,12 +136,24 @@ class RunWriter:
     def save_final(self, method: Method, model: Any, state: State) -> None:
         """The raw exchanged state (resumable) and the PEFT-format adapter (portable)."""
         atomic_write(self.path / "state.safetensors", save({k: v.contiguous() for k, v in state.items()}))
-        tmp = self.path / ".adapter.tmp"
+        self.save_adapter(method, model, state, self.path / "adapter")
+
+    def save_snapshot(self, method: Method, model: Any, server_round: int) -> None:
+        """The server's model as it stands after `server_round` (the method has adopted that
+        round's state), exported into snapshots/round-NNNN (federation.save_every)."""
+        (self.path / "snapshots").mkdir(exist_ok=True)
+        self.save_adapter(method, model, None, self.path / "snapshots" / f"round-{server_round:04d}")
+
+    @staticmethod
+    def save_adapter(method: Method, model: Any, state: State | None, dest: Path) -> None:
+        """`state` (None: the model's own) exported by the method; `dest` is replaced whole or not at all."""
+        tmp = dest.with_name(f".{dest.name}.tmp")
         shutil.rmtree(tmp, ignore_errors=True)
-        method.set_state(model, state)
+        if state is not None:
+            method.set_state(model, state)
         method.save_adapter(model, tmp)
-        shutil.rmtree(self.path / "adapter", ignore_errors=True)
-        os.replace(tmp, self.path / "adapter")
+        shutil.rmtree(dest, ignore_errors=True)
+        os.replace(tmp, dest)
 
 
 def read_records(path: str | Path) -> list[dict[str, Any]]:

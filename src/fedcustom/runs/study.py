@@ -37,6 +37,8 @@ from fedcustom.core.errors import UserError
 from fedcustom.core.io import atomic_write, folder_lock
 from fedcustom.core.log import info
 from fedcustom.runs.experiment import resume_experiment, run_experiment
+from fedcustom.runs.tracking import check as check_tracking
+from fedcustom.runs.tracking import with_experiment
 
 # Config sections a centralized baseline never reads: cells differing only here share it.
 NOT_CENTRALIZED = ("partition", "strategy", "attack", "faults")
@@ -127,7 +129,7 @@ def parse_axes(raw: Any) -> list[Axis]:
 
 
 def cell_config(base: dict[str, Any], overrides: dict[str, Any], seed: int, mode: str,
-                name: str, where: str) -> ExperimentConfig:
+                name: str, where: str, study: str) -> ExperimentConfig:
     raw = copy.deepcopy(base)
     for key, value in overrides.items():
         *tables, last = key.split(".")
@@ -138,6 +140,7 @@ def cell_config(base: dict[str, Any], overrides: dict[str, Any], seed: int, mode
                 raise ConfigError(f"{where}: '{key}': '{part}' is not a table")
         table[last] = copy.deepcopy(value)
     raw.update(seed=seed, modes=[mode], name=name)
+    with_experiment(raw, study)  # tracked runs of a study: one MLflow experiment named after it
     try:
         return build(ExperimentConfig, raw)
     except ConfigError as e:
@@ -189,7 +192,7 @@ def study_from(raw: dict[str, Any], path: str | Path) -> Study:
                 parts = (f"{slug(axis.split('.')[-1])}-{slug(label)}" for axis, label in depends.items())
                 run_id = "__".join([mode[:3], *parts, f"seed{seed}"])
                 if run_id not in study.runs:
-                    cfg = cell_config(base, merged, seed, mode, run_id, where)
+                    cfg = cell_config(base, merged, seed, mode, run_id, where, name)
                     study.runs[run_id] = Run(run_id, mode, seed, dict(depends), cfg)
                 cell.runs[mode] = run_id
             study.cells.append(cell)
@@ -205,6 +208,7 @@ def run_study(study: Study, output_dir: str | Path | None = None, log: Any = inf
 
     out = Path(output_dir or study.base.get("output_dir", "runs")) / study.name
     for run in study.runs.values():  # refuse a changed study before running anything
+        check_tracking(run.config)
         folder = out / "runs" / run.id
         if (folder / "config.toml").is_file() and not saved_config_matches(folder, run.config):
             raise UserError(f"{folder} was made with a different config than study '{study.name}' now "
