@@ -35,6 +35,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", type=Path, default=RESULTS, help="folder for NAME.json results")
     parser.add_argument("--repeats", type=int, default=0, help="repeats per measurement (0: default)")
     parser.add_argument("--clients", default="10,100,1000", help="client counts of the scale benchmark")
+    parser.add_argument("--workers", default="1",
+                        help="scale: worker process counts to compare (e.g. 1,2), at every client count")
     parser.add_argument("--dry-run", action="store_true",
                         help="gpu: the same code on the CPU with a tiny model (checks the script)")
     parser.add_argument("--budget", type=float, default=450.0, help="gpu: seconds for all its parts")
@@ -48,7 +50,13 @@ def main(argv: list[str] | None = None) -> int:
         clients = tuple(int(c) for c in args.clients.split(","))
     except ValueError:
         parser.error(f"--clients {args.clients!r}: expected comma-separated integers, e.g. 10,100,1000")
-    opts = Options(args.quick, args.model, args.set, args.out, args.repeats, clients,
+    try:
+        workers = tuple(int(w) for w in args.workers.split(","))
+        if min(workers) < 1:
+            raise ValueError
+    except ValueError:
+        parser.error(f"--workers {args.workers!r}: expected comma-separated integers >= 1, e.g. 1,2")
+    opts = Options(args.quick, args.model, args.set, args.out, args.repeats, clients, workers,
                    command=shlex.join(["python", "-m", "benchmarks", *argv]), dry_run=args.dry_run,
                    budget=args.budget, parts=parts)
     from fedcustom.core.errors import UserError

@@ -41,6 +41,7 @@ class Options:
     out: Path = RESULTS
     repeats: int = 0  # 0: the benchmark's default (fewer with --quick)
     clients: tuple[int, ...] = (10, 100, 1000)  # the scale benchmark's client counts
+    workers: tuple[int, ...] = (1,)  # the scale benchmark's worker process counts (config `workers`)
     command: str = ""
     dry_run: bool = False  # gpu: the same code on the CPU with a tiny model
     budget: float = 450.0  # gpu: seconds for all its parts

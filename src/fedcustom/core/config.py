@@ -289,6 +289,10 @@ class ExperimentConfig:
     engine: str = opt("simulation", "where clients run")
     output_dir: str = opt("runs", "folder that receives the run folder")
     threads: int = opt(0, "torch CPU threads (0: all cores)")
+    workers: int = opt(
+        1, "processes that train a round's clients in parallel (engine 'simulation', on the CPU): "
+           "forks sharing the base model's memory, one torch thread each; the numbers stay those of "
+           "1 (0: one per core)")
     device: str = opt("auto", "where the model computes: auto (a GPU if present, else cpu), cpu, cuda or "
                               "cuda:N")
     model: ModelConfig = field(default_factory=ModelConfig)
@@ -308,12 +312,16 @@ class ExperimentConfig:
         check(bool(self.modes) and set(self.modes) <= set(MODES), "modes",
               f"a non-empty list drawn from {list(MODES)}")
         check(self.threads >= 0, "threads", "an integer >= 0")
+        check(self.workers >= 0, "workers", "an integer >= 0 (0: one per core)")
         check(self.federation.centralized_patience == 0 or self.data.validation_fraction > 0,
               "federation.centralized_patience", "0 without a validation split (data.validation_fraction)")
         check(bool(DEVICE_PATTERN.match(self.device)), "device", "auto, cpu, cuda or cuda:N")
         check(bool(self.name) and "/" not in self.name, "name", "a non-empty name without '/'")
 
         check(self.engine in ENGINES.names(), "engine", f"one of {ENGINES.names()}")
+        check(self.workers == 1 or self.engine == "simulation", "workers",
+              f"1 with engine '{self.engine}' (workers are the in-process engine's; "
+              "engine 'simulation')")
 
         # require: a component whose optional package is missing fails here, naming the extra
         method = METHODS.require(self.method.name)

@@ -9,11 +9,18 @@ import sys
 
 logger = logging.getLogger("fedcustom")
 _quiet = False  # -q: no progress bars either
+_bars = True  # False in a worker process: bars of several processes would garble one terminal
 
 
 def bars_off() -> bool:
-    """Whether progress bars are switched off (`fedcustom -q`)."""
-    return _quiet
+    """Whether progress bars are switched off (`fedcustom -q`, or in a worker process)."""
+    return _quiet or not _bars
+
+
+def no_bars() -> None:
+    """This process shows no progress bars (a worker process of the simulation engine)."""
+    global _bars
+    _bars = False
 
 
 def info(*parts: object) -> None:

@@ -21,6 +21,11 @@ class Engine(ABC):
         this process (it starts its own). None: run it here (experiment.run_experiment)."""
         return None
 
+    @classmethod
+    def from_config(cls, cfg: ExperimentConfig) -> Engine:
+        """The engine for a run of `cfg` in this process (its own settings from the config)."""
+        return cls()
+
     @abstractmethod
     def run(self, job: Job) -> State:
         """Run the rounds of `job`, calling job.on_round after each; return the final state."""

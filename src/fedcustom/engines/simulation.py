@@ -3,41 +3,63 @@
 Each sampled client loads the global state into the shared model, trains with the shared loop and
 hands back its state. Payloads go through the real wire format both ways, so the byte counts are
 the serialized sizes and nothing but the method's tensors crosses the engine boundary.
+
+With `workers` > 1 a round's clients train in that many forked processes that share the base
+model's memory (engines/workers.py), with the same numbers as in one process.
 """
 
 from __future__ import annotations
 
-from fedcustom.core.payload import deserialize, serialize
+import multiprocessing
+
+from fedcustom.core.config import ExperimentConfig
+from fedcustom.core.device import model_device
+from fedcustom.core.log import logger
+from fedcustom.core.payload import deserialize
 from fedcustom.core.registry import ENGINES
 from fedcustom.core.types import Instructions, State
 from fedcustom.engines.base import Engine
-from fedcustom.federation.rounds import (
-    Failure,
-    Job,
-    Reply,
-    RoundReplies,
-    client_update,
-    fit_context,
-    run_rounds,
-)
+from fedcustom.engines.workers import WorkerPool, cores, train_here
+from fedcustom.federation.rounds import Clients, Job, RoundReplies, run_rounds
 
 
 @ENGINES.register("simulation")
 class SimulationEngine(Engine):
+    def __init__(self, workers: int = 1) -> None:
+        self.workers = workers  # processes that train a round's clients; 1: this one
+
+    @classmethod
+    def from_config(cls, cfg: ExperimentConfig) -> SimulationEngine:
+        return cls(cfg.workers or cores())
+
     def run(self, job: Job) -> State:
         clients = job.clients
+        size = self.pool_size(clients)
+        if size > 1:
+            with WorkerPool(clients, size) as pool:
+                return run_rounds(job, pool.train_clients)
 
         def train_clients(server_round: int, down: bytes, cids: list[int],
                           instructions: Instructions) -> RoundReplies:
-            replies, state = {}, deserialize(down)  # what every client receives
-            for cid in cids:
-                ctx = fit_context(clients.seed, server_round, cid, instructions)
-                try:
-                    update, local = client_update(clients, state, ctx)
-                except Exception as e:  # noqa: BLE001 - a failing client must not end the round
-                    replies[cid] = Reply(failure=Failure(repr(e), e))
-                    continue
-                replies[cid] = Reply(serialize(update), local, len(clients.rows[cid]))
-            return RoundReplies(replies)
+            state = deserialize(down)  # what every client receives
+            return RoundReplies(train_here(clients, server_round, state, cids, instructions))
 
         return run_rounds(job, train_clients)
+
+    def pool_size(self, clients: Clients) -> int:
+        """Worker processes for this run's clients: 1 (this process) where more cannot help (one
+        client: the centralized baseline) or cannot give the same numbers."""
+        size = min(self.workers, len(clients))
+        if size > 1 and clients.method.own_client_models:
+            logger.warning(f"workers = {self.workers}: method '{clients.method.name}' keeps each client's "
+                           "model between rounds; its clients train in this process")
+            return 1
+        if size > 1 and "fork" not in multiprocessing.get_all_start_methods():
+            logger.warning(f"workers = {self.workers}: this system cannot fork processes; clients train "
+                           "in this process")
+            return 1
+        if size > 1 and model_device(clients.model).type != "cpu":
+            logger.warning(f"workers = {self.workers}: the model is on {model_device(clients.model)}; "
+                           "workers are for the CPU, clients train in this process")
+            return 1
+        return size

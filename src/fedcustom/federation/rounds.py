@@ -98,7 +98,7 @@ class Failure:
     """Why a client's round failed, as it reported it."""
 
     message: str
-    exception: Exception | None = None  # the exception itself, where the client ran in process
+    exception: Exception | None = None  # the exception itself, where the client ran on this machine
 
 
 @dataclass

@@ -36,7 +36,9 @@ class Method(ABC):
     # core.types.owned_key) | logits | scores | none (see DESIGN.md).
     exchange: ClassVar[str] = "weights"
     # True: each client keeps its own model between rounds and the exchanged state is not that
-    # model (distillation's logits). A client training alone then receives nothing back.
+    # model (distillation's logits). A client training alone then receives nothing back, and
+    # clients train in the server's process (the simulation engine's `workers` need a client's
+    # work to depend only on what it receives: state, rows, seed).
     own_client_models: ClassVar[bool] = False
     # The task kinds (fedcustom.tasks) the method can train: its model builder and loss fit these.
     tasks: ClassVar[frozenset[str]] = frozenset({"classification"})

@@ -153,7 +153,7 @@ def execute(cfg: ExperimentConfig, resume_dir: Path | None, log: Any,
                 return run_local()
             # The centralized baseline holds all training data in one place: it never federates, so it
             # runs in process whatever engine the federated mode uses.
-            engine = ENGINES.get(cfg.engine if mode == "federated" else "simulation")()
+            engine = ENGINES.get(cfg.engine if mode == "federated" else "simulation").from_config(cfg)
             if mode == "federated":
                 n, labels = len(parts), len(data.label_names)
                 clients = Clients(model, method, train, list(parts), cfg.train, cfg.seed,
