@@ -25,12 +25,16 @@ def security(args: argparse.Namespace, server: bool = False):  # noqa: ANN201 - 
     return Security(args.insecure, Path(args.certificates) if args.certificates else None).check(server)
 
 
+def flwr_home() -> Path:
+    return Path(os.environ.get("FLWR_HOME", Path.home() / ".flwr"))
+
+
 def exec_flower(cmd: list[str]) -> None:
     """Become the Flower process, so signals and exit codes are its own."""
     from fedcustom.engines.flower.deploy import flower_env
 
     print(" ".join(cmd), flush=True)
-    os.execvpe(cmd[0], cmd, flower_env(Path(os.environ.get("FLWR_HOME", Path.home() / ".flwr"))))
+    os.execvpe(cmd[0], cmd, flower_env(flwr_home()))
 
 
 def cmd_certificates(args: argparse.Namespace) -> None:
@@ -64,7 +68,8 @@ def cmd_register(args: argparse.Namespace) -> None:
 
 
 def cmd_supernode(args: argparse.Namespace) -> None:
-    from fedcustom.engines.flower.deploy import supernode_command
+    from fedcustom.engines.flower.deploy import flower_env, supernode_command
+    from fedcustom.engines.flower.executor import exec_site, runtime_address, serve_command
 
     data = Path(args.data) if args.data else None
     if data is not None and not data.is_file():
@@ -72,7 +77,14 @@ def cmd_supernode(args: argparse.Namespace) -> None:
     key = Path(args.auth_key) if args.auth_key else None
     if key is not None and not key.is_file():
         raise UserError(f"--auth-key {key}: no such file")
-    exec_flower(supernode_command(args.superlink, args.client_id, security(args), args.port, data, key))
+    cmd = supernode_command(args.superlink, args.client_id, security(args), args.port, data, key,
+                            args.isolation)
+    if args.isolation == "subprocess":
+        exec_flower(cmd)
+    address = runtime_address(args.port)
+    print(f"{' '.join(serve_command(address))}  # the site's ClientApp: keeps the model loaded", flush=True)
+    print(" ".join(cmd), flush=True)
+    exec_site(address, cmd, flower_env(flwr_home()))
 
 
 def cmd_submit(args: argparse.Namespace) -> None:
@@ -138,6 +150,10 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
                                                   "of the experiment's dataset, for trials)")
     p.add_argument("--auth-key", metavar="FILE", help="private key from `fedcustom flower node-key`")
     p.add_argument("--port", type=int, default=9094, help="local port for the ClientApp process")
+    p.add_argument("--isolation", choices=["process", "subprocess"], default="process",
+                   help="process (default): one long-lived ClientApp process (fedcustom's executor) serves "
+                        "every message and keeps the model loaded; subprocess: Flower's default, a fresh "
+                        "process (imports and model build) for every message")
     add_security(p, "ca.crt")
     p.set_defaults(func=cmd_supernode)
 

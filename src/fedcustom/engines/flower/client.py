@@ -1,10 +1,14 @@
 """A client site's training message on the Flower engines (the handler of fedcustom.apps.clientapp).
 
-Each message runs in a fresh ClientApp process on a SuperNode (Flower's isolation; a Ray actor in
-Flower's simulation, which keeps the process). The client rebuilds the model from the experiment
-config the server sends, reads its own data (a file named in its node config, or its partition of
-the configured dataset for trials on one machine) and does the same `client_update` as an
-in-process client. In a secure round (SecAgg+), Flower's mod masks the delta it returns.
+A site builds its clients from the experiment config the server sends: the model, its own data
+(a file named in its node config, or its partition of the configured dataset for trials on one
+machine). It keeps them while its process lives: fedcustom's executor (executor.py) serves all of a
+SuperNode's messages in one process, as a Ray actor does in Flower's simulation; with Flower's
+`--isolation subprocess` every message is a fresh process that builds them again. Each message
+loads the global state it carries into the kept model and does the same `client_update` as an
+in-process client (which also shares one model between rounds and clients: the state, a fresh
+optimizer and the (seed, round, client) seeds are all a round depends on). In a secure round
+(SecAgg+), Flower's mod masks the delta it returns.
 """
 
 from __future__ import annotations
@@ -44,12 +48,16 @@ def config_from_text(text: str) -> ExperimentConfig:
     return build(ExperimentConfig, tomllib.loads(text))
 
 
-@lru_cache(maxsize=1)  # a long-lived client process (a Ray actor) keeps one model, for all its clients
-def site_clients(config_text: str, label_names_json: str, data_path: str, cid: int) -> Clients:
-    """The client's side of the experiment, built once per client process and config: the
+# A long-lived client process (fedcustom's executor, a Ray actor) keeps the clients of one run and
+# config: a new run or config replaces them, so memory does not grow with messages or runs.
+@lru_cache(maxsize=1)
+def site_clients(config_text: str, label_names_json: str, data_path: str, cid: int,
+                 run_id: int = 0) -> Clients:
+    """The client's side of the experiment, built once per client process, run and config: the
     prepared model, the training data and the clients' rows. With a data path, client `cid` trains
     on every row of its own file; otherwise every client has its partition of the configured
-    dataset, exactly the rows the in-process engine gives it (pass cid = -1: it serves all)."""
+    dataset, exactly the rows the in-process engine gives it (pass cid = -1: it serves all).
+    `run_id` is only part of the key: a new run starts from a freshly built model and data."""
     cfg = config_from_text(config_text)
     label_names = json.loads(label_names_json)
     torch.set_num_threads(cfg.threads or os.cpu_count() or 1)
@@ -90,7 +98,7 @@ def node_clients(config: dict[str, Any], context: Context) -> tuple[Clients, int
     cid = node_client_id(context)
     data_path = str(context.node_config.get(NODE_DATA_PATH, ""))
     text, labels = str(config["experiment"]), str(config["label-names"])
-    return site_clients(text, labels, data_path, cid if data_path else -1), cid
+    return site_clients(text, labels, data_path, cid if data_path else -1, context.run_id), cid
 
 
 def train(msg: Message, context: Context) -> Message:

@@ -6,6 +6,11 @@ the installed package itself (`fedcustom.engines.flower.server`), so the app bun
 pyproject.toml whose run config carries the experiment config, and Flower never installs
 dependencies at run time: every host runs the same installed fedcustom.
 
+A site is a SuperNode in Flower's `--isolation process` mode plus fedcustom's executor
+(executor.py), one long-lived process that runs all of the SuperNode's ClientApp messages and so
+keeps the site's model loaded between rounds. `--isolation subprocess` is Flower's default: a fresh
+ClientApp process, imports and model build for every message (slower, kept as the fallback).
+
 `LocalDeployment` starts a whole federation on loopback (one SuperNode per client, each with its
 partition of the configured dataset), for `fedcustom run` with engine = "flower" and the tests.
 """
@@ -35,10 +40,14 @@ from fedcustom.core.config import ExperimentConfig, dumps
 from fedcustom.core.errors import UserError
 from fedcustom.core.io import new_run_dir
 from fedcustom.engines.flower.credentials import make_node_key
+from fedcustom.engines.flower.executor import runtime_address, site_command
 
 APP_ID = "fedcustom"
 SERVER_APP = "fedcustom.apps.serverapp:server_app"
 CLIENT_APP = "fedcustom.apps.clientapp:client_app"
+# how a SuperNode runs ClientApp messages: "process", all in fedcustom's long-lived executor (the
+# model stays loaded); "subprocess", Flower's default, a fresh process for each message
+ISOLATION_MODES = ("process", "subprocess")
 
 
 def load_app(reference: str) -> Any:
@@ -109,16 +118,30 @@ def superlink_command(port: int, host: str, security: Security, auth: bool = Fal
 
 
 def supernode_command(superlink: str, client_id: int, security: Security, port: int,
-                      data_path: Path | None = None, auth_key: Path | None = None) -> list[str]:
+                      data_path: Path | None = None, auth_key: Path | None = None,
+                      isolation: str = "subprocess") -> list[str]:
+    """The `flower-supernode` command alone. With isolation "process" it runs no ClientApp by
+    itself: `site_command` adds the executor that does."""
     node_config = f"client-id={client_id}"
     if data_path is not None:
         node_config += f' data-path="{data_path.resolve()}"'
     cmd = [flower_bin("flower-supernode"), "--superlink", superlink, "--port", str(port),
-           "--node-config", node_config]
+           "--node-config", node_config, "--isolation", isolation]
     cmd += ["--insecure"] if security.insecure else ["--root-certificates", security.ca]
     if auth_key is not None:
         cmd += ["--auth-supernode-private-key", str(auth_key)]
     return cmd
+
+
+def site_commands(superlink: str, client_id: int, security: Security, port: int,
+                  data_path: Path | None = None, auth_key: Path | None = None,
+                  isolation: str = "process") -> list[str]:
+    """A whole client site as one command: with isolation "process", fedcustom's executor then the
+    SuperNode (one process tree); with "subprocess", the SuperNode alone."""
+    if isolation not in ISOLATION_MODES:
+        raise UserError(f"isolation = {isolation!r}: expected one of {list(ISOLATION_MODES)}")
+    supernode = supernode_command(superlink, client_id, security, port, data_path, auth_key, isolation)
+    return site_command(runtime_address(port), supernode) if isolation == "process" else supernode
 
 
 def register_node(public_key: Path, superlink: str, security: Security,
@@ -209,6 +232,7 @@ class LocalDeployment:
     workdir: Path
     security: Security = field(default_factory=lambda: Security(insecure=True))
     node_auth: bool = False  # admit only SuperNodes whose keys were registered
+    isolation: str = "process"  # see ISOLATION_MODES
     processes: dict[str, subprocess.Popen] = field(default_factory=dict)
 
     def __post_init__(self) -> None:
@@ -237,8 +261,8 @@ class LocalDeployment:
 
             key, public = make_node_key(self.workdir / "keys", f"client-{cid}")
             register_node(public, self.superlink, self.security, self.home)
-        self.spawn(f"supernode-{cid}", supernode_command(self.superlink, cid, self.security, free_port(),
-                                                         auth_key=key))
+        self.spawn(f"supernode-{cid}", site_commands(self.superlink, cid, self.security, free_port(),
+                                                     auth_key=key, isolation=self.isolation))
 
     def wait_for_port(self, timeout: float = 60.0) -> None:
         deadline = time.monotonic() + timeout
