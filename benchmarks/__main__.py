@@ -17,7 +17,7 @@ BENCHMARKS = ("overhead", "throughput", "scale", "peer")  # `all`: the CPU suite
 def load(name: str):  # noqa: ANN201 - a benchmark module
     import importlib
 
-    return importlib.import_module(f"benchmarks.{name}")
+    return importlib.import_module(f"benchmarks.{name.replace('-', '_')}")
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -27,9 +27,10 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(load(kind).point(spec)))
         return 0
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
-    parser.add_argument("which", choices=[*BENCHMARKS, "gpu", "all"])
+    parser.add_argument("which", choices=[*BENCHMARKS, "gpu", "flower-rounds", "all"])
     parser.add_argument("--quick", action="store_true", help="small sizes (about 3 minutes for all)")
-    parser.add_argument("--model", default="minilm", help="packaged model name or local model directory")
+    parser.add_argument("--model", default="minilm", help="packaged model name or local model directory "
+                                                          "(flower-rounds: also `tiny`, the tests' model)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
                         help="fedcustom config override applied to every run (e.g. data.dataset=PATH)")
     parser.add_argument("--out", type=Path, default=RESULTS, help="folder for NAME.json results")

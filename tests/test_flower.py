@@ -279,6 +279,38 @@ def test_secure_by_default(tmp_path: Path) -> None:
         Security(certificates=tmp_path).check()
 
 
+def test_a_site_is_a_supernode_in_process_isolation_with_fedcustoms_executor() -> None:
+    from fedcustom.engines.flower.deploy import site_commands
+
+    insecure = Security(insecure=True)
+    site = site_commands("127.0.0.1:9093", 1, insecure, 9095)
+    assert site[1:6] == ["-m", "fedcustom.engines.flower.executor", "site", "--runtime-api-address",
+                         "127.0.0.1:9095"]
+    supernode = site[site.index("--") + 1:]
+    assert supernode[0].endswith("flower-supernode") and "--isolation" in supernode
+    assert supernode[supernode.index("--isolation") + 1] == "process"
+    fresh = site_commands("127.0.0.1:9093", 1, insecure, 9095, isolation="subprocess")
+    assert fresh[0].endswith("flower-supernode") and fresh[fresh.index("--isolation") + 1] == "subprocess"
+    with pytest.raises(UserError, match=r"isolation = 'thread': expected one of \['process', 'subprocess'\]"):
+        site_commands("127.0.0.1:9093", 1, insecure, 9095, isolation="thread")
+
+
+def test_a_site_keeps_its_clients_per_run_and_config(tiny_config) -> None:
+    """One set of built clients per (config, run, node): the same message again reuses it; a new
+    run or config builds anew and replaces it (the cache holds one)."""
+    from fedcustom.engines.flower.client import site_clients
+
+    site_clients.cache_clear()
+    text, labels = dumps(tiny_config(engine="flower")), json.dumps(["neg", "pos"])
+    first = site_clients(text, labels, "", -1, 7)
+    assert site_clients(text, labels, "", -1, 7) is first
+    again = site_clients(text, labels, "", -1, 8)  # a new run on the same config
+    assert again is not first and again.model is not first.model
+    other = site_clients(dumps(tiny_config(engine="flower", train={"lr": 0.01})), labels, "", -1, 8)
+    assert other is not again and site_clients.cache_info().currsize == 1
+    site_clients.cache_clear()
+
+
 def test_the_app_bundle_is_a_valid_flower_app(tiny_config, tmp_path: Path) -> None:
     import tomllib
 

@@ -44,7 +44,8 @@ def flatten(table: dict[str, Any], prefix: str = "") -> dict[str, Any]:
 def test_flwr_run_with_the_app_project_on_loopback(tiny_model_dir: Path, sentiment_csv: Path,
                                                    tmp_path: Path) -> None:
     """Flower's CLI submits the app with overrides; the ServerApp writes a run folder under
-    output_dir whose config and records follow them, with the in-process engine's numbers."""
+    output_dir whose config and records follow them, with the in-process engine's numbers. The
+    sites (fedcustom's executor) build their model once and keep it between rounds."""
     overrides = (f'name="flwr-app" output_dir="{tmp_path / "runs"}" threads=1 '
                  f'model.name="{tiny_model_dir}" model.max_length=16 data.dataset="{sentiment_csv}" '
                  'data.text_column="review" data.label_column="sentiment" data.test_fraction=0.25 '
@@ -68,6 +69,10 @@ def test_flwr_run_with_the_app_project_on_loopback(tiny_model_dir: Path, sentime
         "flower", 2, 0.05, "constant")
     assert (saved.partition.num_clients, saved.method.name, saved.train.batch_size) == (2, "prefix", 8)
     assert_same_run(run_dir, in_process(saved, tmp_path / "sim"))
+    for cid in (0, 1):  # each site built its model once and kept it for both rounds
+        log = (tmp_path / "deploy" / f"supernode-{cid}.log").read_text(errors="replace")
+        assert log.count("site: built the clients of run") == 1, log[-3000:]
+        assert log.count("(train) served in") == 2, log[-3000:]
 
 
 # --- fast checks: no processes ------------------------------------------------------------------

@@ -1,10 +1,12 @@
 """The ClientApp each SuperNode runs (`fedcustom.apps.clientapp:client_app`), light to import.
 
-Flower starts a fresh ClientApp process for every message, and this module is what that process
-imports first: Flower and the standard library only. So the messages that do no training (the
-server asking which client a node is, and the key, share and unmasking stages of a SecAgg+ round)
-cost a Python start, not torch, transformers and peft (about 14 s on a 2-core machine). A training
-message imports the rest: engines/flower/client.py.
+A fedcustom site serves every message in one long-lived process (engines/flower/executor.py), which
+imports the training stack once and keeps the model. Under Flower's `--isolation subprocess` a
+fresh process runs each message instead, and this module is what that process imports first:
+Flower and the standard library only. So there the messages that do no training (the server asking
+which client a node is, and the key, share and unmasking stages of a SecAgg+ round) cost a Python
+start, not torch, transformers and peft (about 14 s on a 2-core machine). A training message
+imports the rest: engines/flower/client.py.
 """
 
 from __future__ import annotations

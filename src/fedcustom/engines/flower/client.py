@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import json
 import os
+import time
 import tomllib
 from dataclasses import fields, replace
 from functools import lru_cache
@@ -27,6 +28,7 @@ from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
 from fedcustom.core.config import DataConfig, ExperimentConfig, build
 from fedcustom.core.device import resolve_device
 from fedcustom.core.errors import UserError
+from fedcustom.core.log import logger
 from fedcustom.core.registry import METHODS
 from fedcustom.core.types import Instructions
 from fedcustom.data import load_task_data, partition_indices
@@ -58,6 +60,7 @@ def site_clients(config_text: str, label_names_json: str, data_path: str, cid: i
     on every row of its own file; otherwise every client has its partition of the configured
     dataset, exactly the rows the in-process engine gives it (pass cid = -1: it serves all).
     `run_id` is only part of the key: a new run starts from a freshly built model and data."""
+    start = time.perf_counter()
     cfg = config_from_text(config_text)
     label_names = json.loads(label_names_json)
     torch.set_num_threads(cfg.threads or os.cpu_count() or 1)
@@ -75,6 +78,8 @@ def site_clients(config_text: str, label_names_json: str, data_path: str, cid: i
     model.to(resolve_device(cfg.device))  # a site's own GPU, if it has one (`device = "auto"`)
     n = len(rows_by_client)
     train = task.encode(data.train, tokenizer, cfg)
+    logger.info(f"site: built the clients of run {run_id} ({cfg.model.name}, {len(data.train)} rows) in "
+                f"{time.perf_counter() - start:.1f} s")
     return Clients(model, method, train, rows_by_client, cfg.train, cfg.seed,
                    attack=Attack.from_config(cfg.attack, n, len(label_names), cfg.seed),
                    faults=Faults(cfg.faults, n, len(label_names), cfg.seed))

@@ -152,6 +152,7 @@ def serve(address: str, parent_pid: int | None = None, preload: Sequence[str] = 
     if parent_pid is not None:
         start_parent_process_monitor(parent_pid)  # SIGINT here when the SuperNode is gone
     started = time.perf_counter()
+    show_fedcustom_log()
     for module in preload:
         importlib.import_module(module)
     log(INFO, "fedcustom executor (pid %s): serving the SuperNode at %s; imports took %.1f s",
@@ -177,6 +178,20 @@ def serve(address: str, parent_pid: int | None = None, preload: Sequence[str] = 
         sys.exit(0)
     finally:
         acquirer.close()
+
+
+def show_fedcustom_log() -> None:
+    """fedcustom's INFO messages (a site building its clients) on stdout, the SuperNode's log; no
+    progress bars, which would garble it."""
+    import logging
+
+    from fedcustom.core.log import logger, no_bars
+
+    handler = logging.StreamHandler(sys.stdout)
+    handler.setFormatter(logging.Formatter("fedcustom: %(message)s"))
+    logger.handlers, logger.propagate = [handler], False
+    logger.setLevel(logging.INFO)
+    no_bars()
 
 
 def serve_command(address: str, parent_pid: int | None = None) -> list[str]:

@@ -69,9 +69,10 @@ CURRENT: ContextVar[Deployment | None] = ContextVar("fedcustom_flower_deployment
 
 @ENGINES.register("flower")
 class FlowerEngine(Engine):
-    # Tensors travel: weights, and the black-box search's candidate indices and scores. SuperNodes
-    # rebuild their model for every message, so distillation (clients keep their own model between
-    # rounds) is in-process only for now.
+    # Tensors travel: weights, and the black-box search's candidate indices and scores. A site
+    # keeps its built model between messages only while its executor lives (and not at all under
+    # `--isolation subprocess`), and it keeps no per-client trained state, so distillation
+    # (clients keep their own model between rounds) is in-process only for now.
     exchanges = frozenset({"weights", "scores"})
 
     @classmethod
