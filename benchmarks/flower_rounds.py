@@ -36,47 +36,42 @@ from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
+from flwr.app import ArrayRecord, Context, Message, RecordDict
+from flwr.clientapp import ClientApp
+from flwr.serverapp import Grid, ServerApp
+
 from benchmarks.common import ROOT, Mark, Options, median, print_ratios, write_result
-
-ECHO_ROUNDS_KEY = "echo-rounds"
-
 
 # --- the echo app (Flower's messaging alone) -----------------------------------------------------
 
-def _echo_apps() -> tuple[Any, Any]:
-    from flwr.app import ArrayRecord, Context, Message, RecordDict
-    from flwr.clientapp import ClientApp
-    from flwr.serverapp import Grid, ServerApp
-
-    client, server = ClientApp(), ServerApp()
-
-    @client.train()
-    def echo(msg: Message, context: Context) -> Message:
-        return Message(RecordDict({"arrays": msg.content["arrays"]}), reply_to=msg)
-
-    @server.main()
-    def main(grid: Grid, context: Context) -> None:
-        import numpy as np
-
-        config = context.run_config
-        rounds, nodes, size = int(config["rounds"]), int(config["nodes"]), int(config["floats"])
-        while len(grid.get_node_ids()) < nodes:
-            time.sleep(0.5)
-        arrays = ArrayRecord({"state": np.zeros(size, dtype=np.float32)})
-        times = []
-        for _ in range(rounds):
-            start = time.perf_counter()
-            replies = grid.send_and_receive([Message(RecordDict({"arrays": arrays}), dst_node_id=n,
-                                                     message_type="train") for n in grid.get_node_ids()],
-                                            timeout=300)
-            assert all(not r.has_error() for r in replies), [r.error for r in replies if r.has_error()]
-            times.append(time.perf_counter() - start)
-        Path(str(config["out"])).write_text(json.dumps(times))
-
-    return client, server
+echo_client = ClientApp()
+echo_server = ServerApp()
 
 
-echo_client, echo_server = _echo_apps()
+@echo_client.train()
+def echo(msg: Message, context: Context) -> Message:
+    return Message(RecordDict({"arrays": msg.content["arrays"]}), reply_to=msg)
+
+
+@echo_server.main()
+def echo_rounds(grid: Grid, context: Context) -> None:
+    """`rounds` times: the same tensors to every site and back; each exchange's seconds to `out`."""
+    import numpy as np
+
+    config = context.run_config
+    rounds, nodes, size = int(config["rounds"]), int(config["nodes"]), int(config["floats"])
+    while len(grid.get_node_ids()) < nodes:
+        time.sleep(0.5)
+    arrays = ArrayRecord([np.zeros(size, dtype=np.float32)])
+    times = []
+    for _ in range(rounds):
+        start = time.perf_counter()
+        replies = grid.send_and_receive([Message(RecordDict({"arrays": arrays}), dst_node_id=n,
+                                                 message_type="train") for n in grid.get_node_ids()],
+                                        timeout=300)
+        assert all(not r.has_error() for r in replies), [r.error for r in replies if r.has_error()]
+        times.append(time.perf_counter() - start)
+    Path(str(config["out"])).write_text(json.dumps(times))
 
 
 # --- assets --------------------------------------------------------------------------------------
@@ -210,7 +205,8 @@ def floor_side(rounds: int, floats: int, folder: Path) -> dict[str, Any]:
     out = folder / "echo.json"
     (app / "pyproject.toml").write_text(tomli_w.dumps({
         "build-system": {"requires": ["setuptools>=68"], "build-backend": "setuptools.build_meta"},
-        "project": {"name": "echo", "version": "1.0.0", "license": "Apache-2.0", "dependencies": []},
+        "project": {"name": "echo", "version": "1.0.0", "description": "Flower messaging alone",
+                    "license": "Apache-2.0", "dependencies": []},
         "tool": {"flwr": {"app": {
             "publisher": "fedcustom",
             "components": {"serverapp": "benchmarks.flower_rounds:echo_server",
