@@ -7,8 +7,8 @@ Sides, run one after another in this process (the federations' processes are its
 - `flower_subprocess`: the same with Flower's default `--isolation subprocess` (a fresh ClientApp
   process, imports and model build for every message: the path before the executor);
 - `flower_floor`: Flower's own messaging, measured: an echo app (a ServerApp that sends the
-  global state's tensors to both sites and waits for them to come back; a ClientApp that returns
-  them untouched) on the same kind of deployment as `flower_process`.
+  run's tensors, same names and shapes, to both sites and waits for them to come back; a
+  ClientApp that returns them untouched) on the same kind of deployment as `flower_process`.
 
 `round_s` is each round's `round_seconds` from the run's records (the server's round: sending,
 the clients' work, receiving, aggregation, evaluation); steady state is the median of rounds
@@ -56,13 +56,13 @@ def echo(msg: Message, context: Context) -> Message:
 @echo_server.main()
 def echo_rounds(grid: Grid, context: Context) -> None:
     """`rounds` times: the same tensors to every site and back; each exchange's seconds to `out`."""
-    import numpy as np
+    from safetensors.torch import load_file
 
     config = context.run_config
-    rounds, nodes, size = int(config["rounds"]), int(config["nodes"]), int(config["floats"])
+    rounds, nodes = int(config["rounds"]), int(config["nodes"])
     while len(grid.get_node_ids()) < nodes:
         time.sleep(0.5)
-    arrays = ArrayRecord([np.zeros(size, dtype=np.float32)])
+    arrays = ArrayRecord(load_file(str(config["state"])))  # the run's tensors, names and shapes
     times = []
     for _ in range(rounds):
         start = time.perf_counter()
@@ -194,7 +194,7 @@ def flower_side(cfg: Any, isolation: str, folder: Path) -> dict[str, Any]:
             "client_s": [r["client_seconds"] for r in records(folder / "run")[1:]]}
 
 
-def floor_side(rounds: int, floats: int, folder: Path) -> dict[str, Any]:
+def floor_side(rounds: int, state: Path, folder: Path) -> dict[str, Any]:
     """The echo app on 2 sites in process isolation: Flower's messaging, no training."""
     import tomli_w
 
@@ -211,7 +211,7 @@ def floor_side(rounds: int, floats: int, folder: Path) -> dict[str, Any]:
             "publisher": "fedcustom",
             "components": {"serverapp": "benchmarks.flower_rounds:echo_server",
                            "clientapp": "benchmarks.flower_rounds:echo_client"},
-            "config": {"rounds": rounds, "nodes": 2, "floats": floats, "out": str(out)}}}}}))
+            "config": {"rounds": rounds, "nodes": 2, "state": str(state), "out": str(out)}}}}}))
     with LocalDeployment(2, folder / "deploy") as federation:
         write_connection(federation.home, federation.superlink, federation.security)
         proc = subprocess.run([flower_bin("flwr"), "run", str(app), "fedcustom", "--stream"],
@@ -236,7 +236,6 @@ def run(opts: Options) -> dict[str, float]:
         start = Mark.now()
         run_experiment(replace(cfg, engine="simulation"), log=lambda *a: None, into=folder / "sim")
         sim = records(folder / "sim")
-        state = (folder / "sim" / "federated" / "state.safetensors").read_bytes()
         in_process = {"round_s": [r["round_seconds"] for r in sim[1:]],
                       "client_s": [r["client_seconds"] for r in sim[1:]],
                       "run_wall_s": (Mark.now() - start).wall}
@@ -247,10 +246,8 @@ def run(opts: Options) -> dict[str, float]:
             side = flower_side(cfg, isolation, folder / isolation)
             sides[f"flower_{isolation}"] = side
             print(f"flower, {isolation} isolation: {side['steady_round_s']:.3f} s a round", flush=True)
-        from safetensors.torch import load as load_state
-
-        floats = sum(t.numel() for t in load_state(state).values())
-        sides["flower_floor"] = floor_side(rounds, floats, folder / "floor")
+        sides["flower_floor"] = floor_side(rounds, folder / "sim" / "federated" / "state.safetensors",
+                                           folder / "floor")
         print(f"flower messaging alone: {sides['flower_floor']['steady_round_s']:.3f} s a round", flush=True)
     ip, fp, floor = (sides[k]["steady_round_s"] for k in ("in_process", "flower_process", "flower_floor"))
     tasks = [t for ts in sides["flower_process"]["site_task_s"].values() for t in ts[1:]]

@@ -295,6 +295,20 @@ def test_a_site_is_a_supernode_in_process_isolation_with_fedcustoms_executor() -
         site_commands("127.0.0.1:9093", 1, insecure, 9095, isolation="thread")
 
 
+def test_an_executor_that_cannot_start_is_a_one_line_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No SuperNode starts without its executor: the site stops with a one-line error."""
+    import sys
+
+    from fedcustom.engines.flower import executor
+
+    monkeypatch.setattr(executor, "serve_command", lambda *a: [sys.executable, "-c", "raise SystemExit(3)"])
+    monkeypatch.setattr(executor.os, "execvpe", lambda *a: pytest.fail("the SuperNode started"))
+    message = r"executor could not start \(exit code 3;.*--isolation subprocess"
+    with pytest.raises(UserError, match=message) as e:
+        executor.exec_site("127.0.0.1:9094", ["flower-supernode"])
+    assert "\n" not in str(e.value)
+
+
 def test_a_site_keeps_its_clients_per_run_and_config(tiny_config) -> None:
     """One set of built clients per (config, run, node): the same message again reuses it; a new
     run or config builds anew and replaces it (the cache holds one)."""

@@ -68,6 +68,8 @@ from flwr.supercore.runtime import RuntimeHttpClient
 from flwr.supercore.task_identity import TaskIdentity
 from flwr.supernode.runtime.run_clientapp import push_message, push_task_output
 
+from fedcustom.core.errors import UserError
+
 POLL_SECONDS = 0.1  # between asking the SuperNode for a task (Flower's SuperExec: 1 s)
 # imported when the executor starts, before any message: a fedcustom site's training stack
 PRELOAD = ("fedcustom.engines.flower.client",)
@@ -147,14 +149,18 @@ def run_task(address: str, token: str) -> tuple[str, float]:
 
 
 def serve(address: str, parent_pid: int | None = None, preload: Sequence[str] = PRELOAD,
-          poll: float = POLL_SECONDS) -> NoReturn:
-    """Take the SuperNode's ClientApp tasks one at a time, for as long as the SuperNode lives."""
+          poll: float = POLL_SECONDS, ready_fd: int | None = None) -> NoReturn:
+    """Take the SuperNode's ClientApp tasks one at a time, for as long as the SuperNode lives.
+    Once the training stack is imported, a byte on `ready_fd` tells `exec_site` to go on."""
     if parent_pid is not None:
         start_parent_process_monitor(parent_pid)  # SIGINT here when the SuperNode is gone
     started = time.perf_counter()
     show_fedcustom_log()
     for module in preload:
         importlib.import_module(module)
+    if ready_fd is not None:
+        os.write(ready_fd, b"1")
+        os.close(ready_fd)
     log(INFO, "fedcustom executor (pid %s): serving the SuperNode at %s; imports took %.1f s",
         os.getpid(), address, time.perf_counter() - started)
     acquirer = runtime_client(address, "SuperExec")
@@ -194,10 +200,11 @@ def show_fedcustom_log() -> None:
     no_bars()
 
 
-def serve_command(address: str, parent_pid: int | None = None) -> list[str]:
+def serve_command(address: str, parent_pid: int | None = None, ready_fd: int | None = None) -> list[str]:
     cmd = [sys.executable, "-m", "fedcustom.engines.flower.executor", "serve", "--runtime-api-address",
            address]
-    return cmd + (["--parent-pid", str(parent_pid)] if parent_pid is not None else [])
+    cmd += ["--parent-pid", str(parent_pid)] if parent_pid is not None else []
+    return cmd + (["--ready-fd", str(ready_fd)] if ready_fd is not None else [])
 
 
 def site_command(address: str, supernode: list[str]) -> list[str]:
@@ -207,10 +214,19 @@ def site_command(address: str, supernode: list[str]) -> list[str]:
 
 
 def exec_site(address: str, supernode: list[str], env: dict[str, str] | None = None) -> NoReturn:
-    """Start the executor as a child that ends when this process ends, then become the SuperNode
-    (same process id), so signals and the exit code are the SuperNode's."""
+    """Start the executor as a child that ends when this process ends; once it has imported the
+    training stack, become the SuperNode (same process id), so signals and the exit code are the
+    SuperNode's. An executor that cannot start is a one-line error, and no SuperNode starts."""
     env = dict(os.environ) if env is None else env
-    subprocess.Popen(serve_command(address, os.getpid()), env=env)  # noqa: S603 - our own interpreter
+    read, write = os.pipe()
+    child = subprocess.Popen(serve_command(address, os.getpid(), write), env=env,  # noqa: S603
+                             pass_fds=(write,))
+    os.close(write)
+    with os.fdopen(read, "rb") as ready:
+        started = ready.read(1) == b"1"  # b"": the executor exited before it was ready
+    if not started:
+        raise UserError(f"fedcustom's executor could not start (exit code {child.wait()}; its error is "
+                        "above): fix it, or run Flower's default with --isolation subprocess")
     os.execvpe(supernode[0], supernode, env)
 
 
@@ -227,12 +243,17 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("mode", choices=["serve", "site"], help="site: then -- and the SuperNode command")
     parser.add_argument("--runtime-api-address", required=True, metavar="HOST:PORT")
     parser.add_argument("--parent-pid", type=int, help="serve: stop when this process ends")
+    parser.add_argument("--ready-fd", type=int, help="serve: write a byte here once ready")
     args = parser.parse_args(own)
     if args.mode == "serve":
-        serve(args.runtime_api_address, args.parent_pid)
+        serve(args.runtime_api_address, args.parent_pid, ready_fd=args.ready_fd)
     if not supernode:
         parser.error("site needs the SuperNode's command after --")
-    exec_site(args.runtime_api_address, supernode)
+    try:
+        exec_site(args.runtime_api_address, supernode)
+    except UserError as e:
+        print(f"fedcustom: error: {e}", file=sys.stderr)
+        sys.exit(2)
 
 
 if __name__ == "__main__":
