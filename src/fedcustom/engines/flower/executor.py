@@ -22,8 +22,8 @@ of); they are internal to Flower, which is why fedcustom pins flwr to one versio
     python -m fedcustom.engines.flower.executor site --runtime-api-address 127.0.0.1:9094 -- \\
         flower-supernode --isolation process --port 9094 ...
 
-`site` starts `serve` as a child that follows the SuperNode's process id, then becomes the
-SuperNode (exec): one process tree per site, ended together.
+`site` starts `serve` as a child, waits until it has imported the training stack, then becomes the
+SuperNode (exec): one process tree per site; the executor stops when the SuperNode ends.
 """
 
 from __future__ import annotations
@@ -31,6 +31,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -52,7 +53,6 @@ from flwr.proto.runtime_pb2 import (  # pylint: disable=E0611
     PullTaskInputRequest,
 )
 from flwr.supercore import log
-from flwr.supercore.app_utils import start_parent_process_monitor
 from flwr.supercore.constant import TaskType
 from flwr.supercore.fab import Fab
 from flwr.supercore.heartbeat import HeartbeatSender, make_task_heartbeat_fn_http
@@ -152,8 +152,12 @@ def serve(address: str, parent_pid: int | None = None, preload: Sequence[str] = 
           poll: float = POLL_SECONDS, ready_fd: int | None = None) -> NoReturn:
     """Take the SuperNode's ClientApp tasks one at a time, for as long as the SuperNode lives.
     Once the training stack is imported, a byte on `ready_fd` tells `exec_site` to go on."""
+    # The parent monitor stops this process with SIGINT: make it count even where it was inherited
+    # as ignored (a site started in the background by a shell script); SIGTERM stops it too.
+    signal.signal(signal.SIGINT, signal.default_int_handler)
+    signal.signal(signal.SIGTERM, signal.default_int_handler)
     if parent_pid is not None:
-        start_parent_process_monitor(parent_pid)  # SIGINT here when the SuperNode is gone
+        follow_parent(parent_pid)
     started = time.perf_counter()
     show_fedcustom_log()
     for module in preload:
@@ -180,10 +184,24 @@ def serve(address: str, parent_pid: int | None = None, preload: Sequence[str] = 
                 continue  # another may be waiting
             time.sleep(poll)
     except KeyboardInterrupt:
-        log(INFO, "fedcustom executor: the SuperNode is gone, stopping")
+        log(INFO, "fedcustom executor: stopping (the SuperNode is gone, or asked to stop)")
         sys.exit(0)
     finally:
         acquirer.close()
+
+
+def follow_parent(parent_pid: int, interval: float = 0.2) -> None:
+    """SIGINT to this process once the SuperNode is gone: this process has been handed to another
+    parent (which happens as the SuperNode exits, even while it waits as a zombie to be reaped,
+    when a check of its process id alone would still find it)."""
+    import threading
+
+    def watch() -> None:
+        while os.getppid() == parent_pid:
+            time.sleep(interval)
+        os.kill(os.getpid(), signal.SIGINT)
+
+    threading.Thread(target=watch, daemon=True, name="fedcustom-follow-parent").start()
 
 
 def show_fedcustom_log() -> None:
@@ -242,7 +260,7 @@ def main(argv: list[str] | None = None) -> None:
                                      formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("mode", choices=["serve", "site"], help="site: then -- and the SuperNode command")
     parser.add_argument("--runtime-api-address", required=True, metavar="HOST:PORT")
-    parser.add_argument("--parent-pid", type=int, help="serve: stop when this process ends")
+    parser.add_argument("--parent-pid", type=int, help="serve: its parent (the SuperNode): stop when it ends")
     parser.add_argument("--ready-fd", type=int, help="serve: write a byte here once ready")
     args = parser.parse_args(own)
     if args.mode == "serve":
