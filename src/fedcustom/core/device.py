@@ -9,7 +9,6 @@ default `fp32` changes nothing. Round records carry the accelerator's peak memor
 
 from __future__ import annotations
 
-import logging
 import re
 from contextlib import AbstractContextManager
 
@@ -60,8 +59,6 @@ def check_quantization(device: torch.device, quantization: str) -> None:
     runs 4- and 8-bit layers too, slower than bf16 (docs/performance.md)."""
     if quantization == "none":
         return
-    # its CPU backend looks for an optional kernel package it cannot fetch here, then falls back
-    logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
     bnb = require("bitsandbytes", f"model.quantization = '{quantization}'")
     supported = sorted(getattr(bnb, "supported_torch_devices", {"cuda"}))  # older versions: CUDA only
     if device.type not in supported:
