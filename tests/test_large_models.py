@@ -84,6 +84,14 @@ def test_a_bf16_base_trains_fp32_tensors_and_exchanges_fp32(
     assert all(torch.equal(p, before[n]) for n, p in frozen.items())  # the base did not move
 
 
+def test_an_fp16_base_trains_on_the_cpu_too(tiny_llama_dir: Path) -> None:
+    method, model, data = prepared("lora", ModelConfig(name=str(tiny_llama_dir), dtype="fp16"), "generation")
+    assert {p.dtype for p in model.parameters() if not p.requires_grad} == {torch.float16}
+    local = train_local(model, method, data, np.arange(16), TrainConfig(batch_size=8), seed=0)
+    assert np.isfinite(local.loss)
+    assert {v.dtype for v in method.get_state(model).values()} == {torch.float32}
+
+
 def test_a_bf16_sequence_classifier_keeps_its_head_fp32(tiny_model_dir: Path) -> None:
     cfg = ModelConfig(name=str(tiny_model_dir), dtype="bf16", pooling="pooler")
     method, model, data = prepared("lora", cfg, "classification")
