@@ -12,6 +12,7 @@ from pathlib import Path
 from benchmarks.common import GPU_PARTS, RESULTS, Options
 
 BENCHMARKS = ("overhead", "throughput", "scale", "peer")  # `all`: the CPU suite
+OTHERS = ("memory", "flower-rounds")  # run by name only
 
 
 def load(name: str):  # noqa: ANN201 - a benchmark module
@@ -27,7 +28,7 @@ def main(argv: list[str] | None = None) -> int:
         print(json.dumps(load(kind).point(spec)))
         return 0
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
-    parser.add_argument("which", choices=[*BENCHMARKS, "gpu", "flower-rounds", "all"])
+    parser.add_argument("which", choices=[*BENCHMARKS, *OTHERS, "gpu", "all"])
     parser.add_argument("--quick", action="store_true", help="small sizes (about 3 minutes for all)")
     parser.add_argument("--model", default="minilm", help="packaged model name or local model directory "
                                                           "(flower-rounds: also `tiny`, the tests' model)")

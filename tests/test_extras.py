@@ -32,6 +32,7 @@ NEEDS = [
     (["engine=flower-simulation"], "ray", "flower", "engine 'flower-simulation'"),
     (["strategy.name=median"], "flwr", "flower", "strategy 'median'"),
     (["strategy.name=krum"], "flwr", "flower", "strategy 'krum'"),
+    (["model.quantization='4bit'"], "bitsandbytes", "quantization", "model.quantization = '4bit'"),
 ]
 
 

@@ -53,8 +53,9 @@ def experiment(offline: tuple[Path, Path], out: Path, **sections: dict | str) ->
         "train": {"batch_size": 8, "lr": 0.05},
         "federation": {"rounds": 2},
     }
-    for key, value in sections.items():
-        raw[key] = {**raw[key], **value} if isinstance(value, dict) else value
+    for key, value in sections.items():  # a new method replaces the whole table; others merge
+        merge = isinstance(value, dict) and key != "method"
+        raw[key] = {**raw[key], **value} if merge else value
     return build(ExperimentConfig, raw)
 
 
@@ -90,9 +91,22 @@ def test_a_federated_run_computes_on_the_gpu(offline, tmp_path: Path, precision:
     run = run_experiment(cfg, log=lambda *_: None)["federated"]
     assert torch.cuda.max_memory_allocated(GPU) > 0  # the model computed there
     assert [r["round"] for r in run.records] == [0, 1, 2]
+    assert all(r["peak_accelerator_mb"] > 0 for r in run.records[1:])  # next to peak_rss_mb
     assert all(np.isfinite(r["train_loss"]) for r in run.records[1:])
     state = load_file(run.path / "state.safetensors")
     assert state and all(t.device.type == "cpu" and t.dtype == torch.float32 for t in state.values())
+
+
+@pytest.mark.parametrize("quantization", ["none", "4bit"])
+def test_a_bf16_or_4bit_base_trains_lora_on_the_gpu(offline, tmp_path: Path, quantization: str) -> None:
+    """model.dtype / model.quantization on the GPU: the k-bit layers load on the GPU (transformers'
+    device map) and stay there; what is trained and exchanged is fp32 on the CPU."""
+    cfg = experiment(offline, tmp_path / "runs", device="cuda", method={"name": "lora", "rank": 4},
+                     model={"dtype": "bf16", "quantization": quantization, "gradient_checkpointing": True})
+    run = run_experiment(cfg, log=lambda *_: None)["federated"]
+    assert all(np.isfinite(r["train_loss"]) and r["peak_accelerator_mb"] > 0 for r in run.records[1:])
+    state = load_file(run.path / "state.safetensors")
+    assert state and all(t.dtype == torch.float32 for t in state.values())
 
 
 @pytest.mark.parametrize("method_name", ["lora", "prefix"])

@@ -66,3 +66,30 @@ def test_smollm2_prefix_from_activations_barely_moves_the_model() -> None:
         perplexity[init] = model.evaluate(data, 4)["perplexity"]
     assert perplexity["random"] > 10 * perplexity["untuned"]
     assert abs(perplexity["activations"] / perplexity["untuned"] - 1) < 0.2
+
+
+def test_gemma3_270m_generates_and_takes_a_lora_step_in_bf16() -> None:
+    """The packaged Gemma-3-270M (assembled from its chunk packages, dequantized and cached on first
+    use): a greedy continuation, then one LoRA step on a bf16 base (inference and a single short
+    step only: fp32 training of this model takes 13-16 GB)."""
+    from fedcustom.core.config import GenerationConfig, TrainConfig
+    from fedcustom.data.pairs import encode_pairs
+    from fedcustom.methods.lora import LoraOptions
+    from fedcustom.methods.training import train_local
+    from fedcustom.models.lm import build_language_model
+
+    gen = GenerationConfig(chat_template=False, max_response_tokens=4, max_new_tokens=6,
+                           eval_examples=0, show_examples=0)
+    model, tokenizer = build_language_model(ModelConfig(name="gemma3-270m", max_length=24, dtype="bf16",
+                                                        gradient_checkpointing=True), gen, seed=0)
+    assert model.encoder.config.model_type == "gemma3_text" and model.encoder.config.num_hidden_layers == 18
+    ids = tokenizer("The capital of France is", return_tensors="pt")["input_ids"][0]
+    assert model.generate_one(ids)  # some text
+    method = METHODS.get("lora")(LoraOptions(rank=4))
+    method.prepare(model)
+    data = encode_pairs(["Say yes:", "Say no:"], ["yes", "no"], tokenizer, 24, gen)
+    start = method.get_state(model)
+    local = train_local(model, method, data, np.arange(2), TrainConfig(batch_size=2, lr=1e-3), seed=0)
+    state = method.get_state(model)
+    assert np.isfinite(local.loss) and {v.dtype for v in state.values()} == {torch.float32}
+    assert any(not torch.equal(state[k], start[k]) for k in state)

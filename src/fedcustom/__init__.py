@@ -8,6 +8,7 @@ for torch. The API (runs/api.py, which imports torch) loads on first use, throug
 
 from __future__ import annotations
 
+import logging
 from importlib.metadata import PackageNotFoundError, version
 from typing import TYPE_CHECKING, Any
 
@@ -18,6 +19,11 @@ try:
     __version__ = version("fedcustom")
 except PackageNotFoundError:  # a source tree on sys.path, not installed
     __version__ = "0+unknown"
+
+# bitsandbytes' CPU backend (model.quantization) warns on import, which PEFT's import triggers in
+# every run, that an optional kernel package fetched from a hub is missing; it then uses its own
+# kernels. Keep its errors, not that warning.
+logging.getLogger("bitsandbytes.backends.cpu.ops").setLevel(logging.ERROR)
 
 __all__ = ["Result", "__version__", "run", "study"]
 API = ("Result", "run", "study")

@@ -19,6 +19,7 @@ from typing import Any, Literal
 
 import tomli_w
 
+from fedcustom.core import extras
 from fedcustom.core.device import DEVICE_PATTERN
 from fedcustom.core.errors import UserError
 from fedcustom.core.registry import ENGINES, METHODS, STRATEGIES
@@ -45,16 +46,38 @@ def check(ok: bool, name: str, expected: str) -> None:
         raise FieldError(name, expected)
 
 
+DTYPE_NAMES = Literal["fp32", "bf16", "fp16"]
+QUANTIZATIONS = Literal["none", "4bit", "8bit"]
+
+
 @dataclass(frozen=True)
 class ModelConfig:
-    name: str = opt("minilm", "packaged short name (minilm, smollm2), a local directory or a hub id")
+    name: str = opt("minilm", "packaged short name (minilm, smollm2, gemma3-270m), a local directory or a "
+                              "hub id")
     max_length: int = opt(64, "tokens per example after truncation")
     pooling: Literal["mean", "cls", "pooler"] = opt(
         "mean", "how token states become one vector for the head: mean, cls, or pooler (the model's "
         "own sequence-classification head; its adapters load with PEFT's AutoPeftModel classes)")
+    dtype: DTYPE_NAMES = opt(
+        "fp32", "dtype of the frozen base weights: fp32, bf16 or fp16 (half the memory; what a method "
+                "trains, its exchanged state and the task head stay fp32). fp16 computes no faster "
+                "than fp32 on most CPUs")
+    gradient_checkpointing: bool = opt(
+        False, "recompute the base's layer activations in the backward pass instead of keeping them "
+               "(less memory, about one more forward pass of time; same gradients)")
+    quantization: QUANTIZATIONS = opt(
+        "none", "load the base's linear layers quantized through bitsandbytes (4bit: NF4, 8bit: "
+                "LLM.int8) and prepare it for k-bit training with PEFT; needs the extra `quantization` "
+                "and a device bitsandbytes supports; methods that train the base cannot use it")
 
     def __post_init__(self) -> None:
         check(self.max_length >= 4, "max_length", "an integer >= 4")
+        check(self.dtype in typing.get_args(DTYPE_NAMES), "dtype",
+              f"one of {list(typing.get_args(DTYPE_NAMES))}")
+        check(self.quantization in typing.get_args(QUANTIZATIONS), "quantization",
+              f"one of {list(typing.get_args(QUANTIZATIONS))}")
+        if self.quantization != "none":  # bitsandbytes installed? (cheap: not imported here)
+            extras.check(("bitsandbytes",), f"model.quantization = '{self.quantization}'")
 
 
 @dataclass(frozen=True)
@@ -128,7 +151,10 @@ class TrainConfig:
     head_lr: float = opt(0.0, "learning rate of the task head (0: same as lr)")
     lr_schedule: Literal["constant", "cosine"] = opt(
         "constant", "learning rates over rounds (epochs, centralized): constant, or cosine decay")
-    batch_size: int = opt(16, "examples per local training step")
+    batch_size: int = opt(16, "examples per forward/backward pass (a micro-batch when grad_accumulation > 1)")
+    grad_accumulation: int = opt(
+        1, "micro-batches of batch_size whose gradients add up to one optimizer step: a step sees "
+           "batch_size * grad_accumulation examples, the same ones one batch of that size would hold")
     local_epochs: int = opt(1, "passes over its data a client makes per round")
     weight_decay: float = opt(0.0, "AdamW weight decay")
     max_grad_norm: float = opt(1.0, "gradient clipping norm (0: off)")
@@ -141,6 +167,7 @@ class TrainConfig:
         check(self.lr > 0, "lr", "a number > 0")
         check(self.head_lr >= 0, "head_lr", "a number >= 0")
         check(self.batch_size >= 1, "batch_size", "an integer >= 1")
+        check(self.grad_accumulation >= 1, "grad_accumulation", "an integer >= 1")
         check(self.local_epochs >= 1, "local_epochs", "an integer >= 1")
         check(self.weight_decay >= 0, "weight_decay", "a number >= 0")
         check(self.max_grad_norm >= 0, "max_grad_norm", "a number >= 0")
@@ -343,6 +370,16 @@ class ExperimentConfig:
         problem = strategy.config_problem(self.strategy.options, self)
         if problem is not None:
             raise ConfigError(problem)
+        check(method.checkpointing or not self.model.gradient_checkpointing, "model.gradient_checkpointing",
+              f"false with method '{self.method.name}': its trained tensors reach the layers as their "
+              "key/value cache, which checkpointed layers drop")
+        if method.trains_base(self.method.options):  # its trained weights would be half or k-bit
+            check(self.model.dtype == "fp32", "model.dtype",
+                  f"'fp32' with method '{self.method.name}': it trains the base weights, which stay fp32 "
+                  "(train.precision = 'bf16' computes in bfloat16)")
+            check(self.model.quantization == "none", "model.quantization",
+                  f"'none' with method '{self.method.name}': it trains the base weights, and quantized "
+                  "weights cannot be trained")
         check(self.attack.kind == "none" or method.exchange == "weights", "attack",
               f"no attack: method '{self.method.name}' exchanges '{method.exchange}', attacks need 'weights'")
 

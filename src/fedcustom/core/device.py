@@ -4,7 +4,7 @@ The model moves to the device once (runs/experiment.py); batches follow it in th
 loop and in evaluation (`model_device`). Exchanged states always live on the CPU (Method.get_state
 copies there), so payloads, strategies, byte counts and checkpoints are the same on any device.
 `bf16` runs forward passes under autocast (bfloat16 matmuls, fp32 weights and optimizer); the
-default `fp32` changes nothing.
+default `fp32` changes nothing. Round records carry the accelerator's peak memory next to peak RSS.
 """
 
 from __future__ import annotations
@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from fedcustom.core.errors import UserError
+from fedcustom.core.extras import require
 
 DEVICE_PATTERN = re.compile(r"^(auto|cpu|cuda|cuda:\d+)$")
 
@@ -51,3 +52,30 @@ def check_precision(device: torch.device, precision: str) -> None:
     if device.type == "cuda" and precision == "bf16" and not torch.cuda.is_bf16_supported():
         raise UserError(f"train.precision = 'bf16': {torch.cuda.get_device_name(device)} has no "
                         "bfloat16 support; use 'fp32'")
+
+
+def check_quantization(device: torch.device, quantization: str) -> None:
+    """Before any model loads: can bitsandbytes quantize on `device`? Its CPU backend (0.45 on)
+    runs 4- and 8-bit layers too, slower than bf16 (docs/performance.md)."""
+    if quantization == "none":
+        return
+    bnb = require("bitsandbytes", f"model.quantization = '{quantization}'")
+    supported = sorted(getattr(bnb, "supported_torch_devices", {"cuda"}))  # older versions: CUDA only
+    if device.type not in supported:
+        raise UserError(f"model.quantization = '{quantization}': bitsandbytes {bnb.__version__} has no "
+                        f"backend for {device.type} (it runs on {', '.join(supported)}); use "
+                        "model.quantization = 'none' (model.dtype = 'bf16' halves memory)")
+
+
+def reset_peak_memory(device: torch.device) -> None:
+    """Start a new peak of accelerator memory (a no-op on the CPU)."""
+    if device.type == "cuda":
+        torch.cuda.reset_peak_memory_stats(device)
+
+
+def peak_memory_mb(device: torch.device) -> dict[str, float]:
+    """{"peak_accelerator_mb": the most memory torch allocated on `device` since the last reset},
+    or nothing on the CPU (peak RSS covers it)."""
+    if device.type != "cuda":
+        return {}
+    return {"peak_accelerator_mb": torch.cuda.max_memory_allocated(device) / 2**20}

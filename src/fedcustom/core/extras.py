@@ -31,6 +31,7 @@ EXTRAS: dict[str, str] = {
     "mlflow": "tracking",  # mlflow-skinny
     "sqlalchemy": "tracking",  # MLflow's SQLite store
     "alembic": "tracking",
+    "bitsandbytes": "quantization",  # model.quantization (4- and 8-bit base weights)
 }
 
 

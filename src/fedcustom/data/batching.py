@@ -74,6 +74,23 @@ def train_batches(
     data: Encoded, rows: np.ndarray, batch_size: int, rng: np.random.Generator
 ) -> Iterator[Batch]:
     """Shuffled batches of similar length: shuffle, sort within windows, shuffle batch order."""
+    for batch in batch_rows(data, rows, batch_size, rng):
+        yield take(data, batch)
+
+
+def train_steps(
+    data: Encoded, rows: np.ndarray, batch_size: int, accumulation: int, rng: np.random.Generator
+) -> Iterator[list[Batch]]:
+    """An optimizer step's micro-batches: the rows of one train_batches batch of batch_size *
+    accumulation examples (the same rows, in the same order, for the same rng), cut into pieces of
+    batch_size, each trimmed to its own longest member."""
+    for step in batch_rows(data, rows, batch_size * accumulation, rng):
+        yield [take(data, step[i : i + batch_size]) for i in range(0, len(step), batch_size)]
+
+
+def batch_rows(data: Encoded, rows: np.ndarray, batch_size: int,
+               rng: np.random.Generator) -> list[np.ndarray]:
+    """The rows of each shuffled batch (train_batches), in the order they are trained."""
     rows = rng.permutation(rows)
     lengths = data.lengths.numpy()
     window = batch_size * BUCKET_BATCHES
@@ -82,8 +99,7 @@ def train_batches(
         chunk = rows[start : start + window]
         chunk = chunk[np.argsort(lengths[chunk], kind="stable")]
         batches += [chunk[i : i + batch_size] for i in range(0, len(chunk), batch_size)]
-    for b in rng.permutation(len(batches)):
-        yield take(data, batches[b])
+    return [batches[b] for b in rng.permutation(len(batches))]
 
 
 def eval_batches(data: Encoded, rows: np.ndarray, batch_size: int) -> Iterator[Batch]:

@@ -19,6 +19,7 @@ from typing import Any
 import numpy as np
 from torch import nn
 
+from fedcustom.core.device import model_device, peak_memory_mb, reset_peak_memory
 from fedcustom.core.types import Instructions, State
 from fedcustom.federation.rounds import Clients, client_update, fit_context, peak_rss_mb
 from fedcustom.methods.training import lr_scale
@@ -43,6 +44,8 @@ def train_alone(clients: Clients, cid: int, initial: State, rounds: int,
     keeps its model and receives the initial state, which carries nothing, every round."""
     method = clients.method
     state, metrics = initial, {}
+    device = model_device(clients.model)
+    reset_peak_memory(device)  # a client's peak over all its rounds
     for server_round in range(1, rounds + 1):
         start = time.perf_counter()
         ctx = fit_context(clients.seed, server_round, cid,
@@ -52,7 +55,8 @@ def train_alone(clients: Clients, cid: int, initial: State, rounds: int,
             model = method.client_model(clients.model, cid, state)
             metrics[server_round] = {**evaluate(model), "train_loss": local.loss,
                                      "client_seconds": local.seconds,
-                                     "round_seconds": time.perf_counter() - start}
+                                     "round_seconds": time.perf_counter() - start,
+                                     **peak_memory_mb(device)}
     return metrics
 
 
@@ -77,5 +81,8 @@ def local_records(per_client: ClientMetrics, examples: dict[int, int],
         record["client_seconds"] = sum(m["client_seconds"] for m in at.values())
         record["round_seconds"] = sum(m["round_seconds"] for m in at.values())
         record.update(bytes_up=0, bytes_down=0, peak_rss_mb=peak_rss_mb())
+        peaks = [m["peak_accelerator_mb"] for m in at.values() if "peak_accelerator_mb" in m]
+        if peaks:  # on a GPU: the largest client's, not their mean
+            record["peak_accelerator_mb"] = max(peaks)
         records.append(record)
     return records

@@ -22,6 +22,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from fedcustom.core.config import TrainConfig
+from fedcustom.core.device import model_device, peak_memory_mb, reset_peak_memory
 from fedcustom.core.errors import UserError
 from fedcustom.core.log import bars_off
 from fedcustom.core.payload import deserialize, serialize, unpack
@@ -225,8 +226,10 @@ def run_rounds(job: Job, train_clients: TrainClients) -> State:
         return state  # a resumed run that had already stopped early
     rounds = tqdm(range(job.start_round + 1, job.rounds + 1), desc=job.label, unit="round",
                   initial=job.start_round, total=job.rounds, disable=bars_off())
+    device = model_device(model)
     for server_round in rounds:
         start = time.perf_counter()
+        reset_peak_memory(device)  # the record's peak_accelerator_mb is this round's
         sampled = sample_clients(len(clients), job.fraction_fit, clients.seed, server_round)
         down = serialize(state)
         instructions = job.strategy.instruct(
@@ -293,6 +296,7 @@ def run_rounds(job: Job, train_clients: TrainClients) -> State:
             **({"secure_aggregation": secure.clients} if secure is not None else {}),
             "round_seconds": time.perf_counter() - start,
             "peak_rss_mb": peak_rss_mb(),
+            **peak_memory_mb(device),  # on a GPU: this process's peak there this round
             **job.strategy.round_record(),
         }
         rounds.set_postfix({k: round(v, 4) for k, v in metrics.items() if "accuracy" in k})

@@ -43,9 +43,17 @@ class Method(ABC):
     # The task kinds (fedcustom.tasks) the method can train: its model builder and loss fit these.
     tasks: ClassVar[frozenset[str]] = frozenset({"classification"})
     Options: ClassVar[type]
+    # Whether its model trains with the base's layers checkpointed (model.gradient_checkpointing)
+    checkpointing: ClassVar[bool] = True
 
     def __init__(self, options: object) -> None:
         self.options = options
+
+    @classmethod
+    def trains_base(cls, options: Any) -> bool:
+        """Whether the method trains the base model's own weights (then they must load in fp32 and
+        unquantized: ModelConfig.dtype and quantization apply to a frozen base)."""
+        return False
 
     def build_model(self, cfg: ModelConfig, num_labels: int, seed: int) -> tuple[nn.Module, Any]:
         """The task model (before `prepare`) and its tokenizer. Default: backbone + classifier head."""

@@ -117,6 +117,13 @@ class Distill(Method):
     Options = DistillOptions
     options: DistillOptions
 
+    @classmethod
+    def trains_base(cls, options: DistillOptions) -> bool:
+        """The server's method, or a client's (clients load with the server's [model] options)."""
+        methods = [options.server_method] + [
+            parse_spec(t, f"method.clients[{i}]").method for i, t in enumerate(options.clients)]
+        return any(METHODS.get(m).trains_base(METHODS.get(m).Options()) for m in methods)
+
     def __init__(self, options: DistillOptions) -> None:
         super().__init__(options)
         self.specs = [parse_spec(t, f"method.clients[{i}]") for i, t in enumerate(options.clients)]

@@ -43,6 +43,10 @@ class Full(Method):
     options: FullOptions
     tasks = frozenset({"classification", "generation"})
 
+    @classmethod
+    def trains_base(cls, options: object) -> bool:
+        return True
+
     def prepare(self, model: nn.Module) -> nn.Module:
         model.requires_grad_(True)
         for param in unused_parameters(model):

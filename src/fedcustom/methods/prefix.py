@@ -112,6 +112,9 @@ class Prefix(Method):
     summary = "prefix-tuning: trainable key/value prefixes at every layer (PEFT)"
     Options = PrefixOptions
     options: PrefixOptions
+    # the prefix reaches each layer as its key/value cache, which checkpointed layers drop (and PEFT
+    # refuses the combination)
+    checkpointing = False
     tasks = frozenset({"classification", "generation"})
 
     def prepare(self, model: nn.Module) -> nn.Module:

@@ -15,7 +15,7 @@ from fedcustom.core.config import TrainConfig
 from fedcustom.core.device import autocast, model_device
 from fedcustom.core.log import bars_off
 from fedcustom.core.types import Instructions, LocalResult
-from fedcustom.data.batching import Batch, Encoded, train_batches
+from fedcustom.data.batching import Batch, Encoded, train_steps
 
 PLAIN = Instructions()  # no schedule, no proximal term
 
@@ -68,6 +68,10 @@ def train_local(
     the state on entry.
     The reported loss is the method's loss alone, comparable across strategies. Batches go to
     the model's device; cfg.precision 'bf16' runs the forward pass under bfloat16 autocast.
+    An optimizer step sees cfg.batch_size * cfg.grad_accumulation examples, in micro-batches of
+    cfg.batch_size whose gradients add up: the update one batch of them would make, up to rounding
+    (exactly so for a loss that is a mean over examples; a language model's mean over response
+    tokens is weighted by examples across micro-batches).
     """
     start = time.perf_counter()
     rng = np.random.default_rng(seed)
@@ -76,29 +80,35 @@ def train_local(
     params = [p for g in optimizer.param_groups for p in g["params"]]
     prox_mu = instructions.prox_mu
     start_state = [p.detach().clone() for p in params] if prox_mu > 0 else []
-    steps_per_epoch = -(-len(rows) // cfg.batch_size)
+    steps_per_epoch = -(-len(rows) // (cfg.batch_size * cfg.grad_accumulation))
     bar = tqdm(total=steps_per_epoch * cfg.local_epochs, desc=progress, leave=False,
                disable=progress is None or bars_off(), unit="step")
     model.train()
     device = model_device(model)
     total, steps, examples = 0.0, 0, 0
     for _ in range(cfg.local_epochs):
-        for batch in train_batches(data, rows, cfg.batch_size, rng):
-            batch = batch.to(device)
-            with autocast(device, cfg.precision):
-                loss = method.loss(model, batch)
-            objective = loss
-            if start_state:
-                drift = sum(((p - p0) ** 2).sum() for p, p0 in zip(params, start_state, strict=True))
-                objective = loss + prox_mu / 2 * drift
+        for micro_batches in train_steps(data, rows, cfg.batch_size, cfg.grad_accumulation, rng):
             optimizer.zero_grad(set_to_none=True)
-            objective.backward()
+            size = sum(len(b) for b in micro_batches)
+            step_loss = 0.0
+            for i, batch in enumerate(micro_batches):
+                batch = batch.to(device)
+                with autocast(device, cfg.precision):
+                    # the step's loss is the mean over its examples: each micro-batch's mean loss
+                    # counts by its share of them (1 without accumulation: the batch's own loss)
+                    loss = method.loss(model, batch) * (len(batch) / size)
+                objective = loss
+                if start_state and i == len(micro_batches) - 1:  # once per step
+                    drift = sum(((p - p0) ** 2).sum() for p, p0 in zip(params, start_state, strict=True))
+                    objective = loss + prox_mu / 2 * drift
+                objective.backward()  # gradients add up over the micro-batches
+                step_loss += loss.item()
             if cfg.max_grad_norm > 0:
                 torch.nn.utils.clip_grad_norm_(params, cfg.max_grad_norm)
             optimizer.step()
-            total += loss.item()
+            total += step_loss
             steps += 1
-            examples += len(batch)
+            examples += size
             bar.update()
     bar.close()
     return LocalResult(total / max(steps, 1), steps, examples, time.perf_counter() - start,

@@ -40,7 +40,7 @@ class LanguageModel(TaskModel):
 
     def token_losses(self, batch: Batch) -> tuple[torch.Tensor, int]:
         """Summed next-token cross-entropy over the response tokens, and their count."""
-        logits = self(batch.input_ids, batch.attention_mask)[:, :-1]
+        logits = self(batch.input_ids, batch.attention_mask)[:, :-1].float()  # a bf16 base: fp32 loss
         targets = batch.labels[:, 1:]
         total = F.cross_entropy(logits.flatten(0, 1), targets.flatten(), ignore_index=IGNORE,
                                 reduction="sum")

@@ -38,6 +38,10 @@ class CorpusConfig:
     documents_per_topic: int = opt(100, "articles per topic split over the clients' stores (0: all)")
     retrieval_queries: int = opt(200, "indexed articles whose headline is a find-the-article query")
     topic_questions: int = opt(60, "held-out headlines asked 'which topic?' with and without retrieval")
+    queries: Literal["headline", "sentence"] = opt(
+        "headline", "find-the-article query: the headline (the whole body is indexed), or a sentence "
+                    "from the body after its first passage (only that passage, store.chunk_size words, "
+                    "is indexed: a harder task)")
 
     def __post_init__(self) -> None:
         check(self.documents_per_topic >= 0, "documents_per_topic", "an integer >= 0")
@@ -85,6 +89,40 @@ class GeneratorConfig:
 
 
 @dataclass(frozen=True)
+class TuningConfig:
+    rounds: int = opt(0, "federated rounds of query-encoder tuning (0: no tuning); the local-only and "
+                         "centralized baselines train for the same rounds x local_epochs")
+    fraction_fit: float = opt(1.0, "share of clients sampled to train each round")
+    local_epochs: int = opt(1, "passes over its own (sentence, passage) pairs a client makes per round")
+    batch_size: int = opt(32, "pairs per step; the other pairs' passages are a query's negatives")
+    lr: float = opt(5e-4, "AdamW learning rate of the LoRA matrices")
+    rank: int = opt(8, "LoRA rank of each adapted layer of the query encoder")
+    target_modules: tuple[str, ...] = opt(
+        ("query", "key", "value", "output.dense", "intermediate.dense"),
+        "linear layers of the query encoder that get LoRA, by name suffix (default: every linear layer "
+        "of the transformer blocks; the pooler, which mean pooling never uses, stays out)")
+    alpha: float = opt(16.0, "LoRA scaling numerator: updates are scaled by alpha / rank")
+    temperature: float = opt(0.05, "InfoNCE temperature: cosine similarities are divided by it")
+    pairs_per_document: int = opt(2, "training sentences a client draws from each article it holds "
+                                     "(the evaluation's query articles excluded)")
+    hard_negatives: bool = opt(True, "add, as a negative of each pair, the passage of the client's own "
+                                     "index most similar to its positive")
+
+    def __post_init__(self) -> None:
+        check(self.rounds >= 0, "rounds", "an integer >= 0")
+        check(0 < self.fraction_fit <= 1, "fraction_fit", "a number in (0, 1]")
+        check(self.local_epochs >= 1, "local_epochs", "an integer >= 1")
+        check(self.batch_size >= 2, "batch_size", "an integer >= 2 (in-batch negatives)")
+        check(self.lr > 0, "lr", "a number > 0")
+        check(self.rank >= 1, "rank", "an integer >= 1")
+        check(self.alpha > 0, "alpha", "a number > 0")
+        check(self.temperature > 0, "temperature", "a number > 0")
+        check(self.pairs_per_document >= 1, "pairs_per_document", "an integer >= 1")
+        check(bool(self.target_modules) and all(self.target_modules), "target_modules",
+              "a non-empty list of module names")
+
+
+@dataclass(frozen=True)
 class RagConfig:
     name: str = opt("rag", "run name; the results folder is OUTPUT_DIR/NAME-YYYYmmdd-HHMMSS")
     seed: int = opt(0, "seed of the document sample, the split and the queries")
@@ -96,9 +134,12 @@ class RagConfig:
     split: SplitConfig = field(default_factory=SplitConfig)
     retrieval: RetrievalConfig = field(default_factory=RetrievalConfig)
     generator: GeneratorConfig = field(default_factory=GeneratorConfig)
+    tuning: TuningConfig = field(default_factory=TuningConfig)
 
     def __post_init__(self) -> None:
         check(self.threads >= 0, "threads", "an integer >= 0")
+        check(self.tuning.rounds == 0 or self.corpus.queries == "sentence", "tuning.rounds",
+              "0 unless corpus.queries = 'sentence' (the training pairs are sentences and first passages)")
         check(bool(self.name) and "/" not in self.name, "name", "a non-empty name without '/'")
         extras.check(("faiss",), "fedcustom rag")  # every client's store is a FAISS index
 

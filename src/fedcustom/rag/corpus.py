@@ -1,8 +1,14 @@
 """The evaluation corpus: BBC news articles with headline, body and topic, split over clients by
-topic, plus the two query sets with known answers (find the article; name the topic)."""
+topic, plus the two query sets with known answers (find the article; name the topic).
+
+Two find-the-article tasks: a headline query against the whole body (easy: minilm finds ~98%),
+or a sentence from later in the body against each article's first passage alone (the index holds
+only that passage, so the sentence is never in it; minilm finds about half).
+"""
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass
 
 import datasets
@@ -22,9 +28,28 @@ class Article:
     body: str
     topic: int
 
-    def document(self, topic_names: list[str]) -> Document:
-        # The headline stays out of the index: it is the query of the find-the-article task.
-        return Document(self.doc_id, self.body, {"topic": topic_names[self.topic]})
+    def document(self, topic_names: list[str], lead_words: int = 0) -> Document:
+        """The indexed text: the body (the headline stays out: it is a query), or its first
+        `lead_words` words alone (the sentence task: the rest of the body holds the queries)."""
+        text = " ".join(self.body.split()[:lead_words]) if lead_words else self.body
+        return Document(self.doc_id, text, {"topic": topic_names[self.topic]})
+
+    def sentences(self, lead_words: int) -> list[str]:
+        """Sentences of the body after its first `lead_words` words, of 8 to 60 words: a query
+        of the sentence task (a fragment or a whole paragraph would be no sentence query)."""
+        rest = " ".join(self.body.split()[lead_words:])
+        return [s for s in SENTENCE_END.split(rest) if 8 <= len(s.split()) <= 60]
+
+
+SENTENCE_END = re.compile(r'(?<=[.!?"])\s+(?=["A-Z])')  # a stop, then a capital or an opening quote
+
+
+@dataclass(frozen=True)
+class Query:
+    """A find-the-article query and the one document that answers it."""
+
+    text: str
+    doc_id: str
 
 
 def load_bbc_articles() -> tuple[list[Article], list[str]]:
@@ -49,6 +74,21 @@ class Corpus:
     clients: list[list[Article]]  # each client's private collection
     retrieval_queries: list[Article]  # indexed articles; query = headline, answer = the article
     topic_questions: list[Article]  # held-out articles (in no store); answer = the topic
+    queries: list[Query]  # one per retrieval query article: its headline, or one of its sentences
+    lead_words: int = 0  # the sentence task: words of each article that are indexed (0: all)
+
+    def training_pairs(self, client: int, per_document: int, seed: int) -> list[Query]:
+        """Client `client`'s (sentence, article) pairs for tuning a query encoder: up to
+        `per_document` sentences of each article it holds, except the query articles, which stay
+        held out (their first passage is indexed, but no sentence of theirs is ever trained on)."""
+        held_out = {a.doc_id for a in self.retrieval_queries}
+        rng = np.random.default_rng([seed, client])
+        pairs = []
+        for article in self.clients[client]:
+            sentences = article.sentences(self.lead_words) if article.doc_id not in held_out else []
+            picked = rng.permutation(len(sentences))[:per_document]
+            pairs += [Query(sentences[i], article.doc_id) for i in sorted(picked)]
+        return pairs
 
 
 def split_by_topic(articles: list[Article], num_clients: int, topics_per_client: int,
@@ -76,7 +116,10 @@ def split_by_topic(articles: list[Article], num_clients: int, topics_per_client:
 
 
 def build_corpus(documents_per_topic: int, retrieval_queries: int, topic_questions: int,
-                 num_clients: int, topics_per_client: int, seed: int) -> Corpus:
+                 num_clients: int, topics_per_client: int, seed: int, queries: str = "headline",
+                 lead_words: int = 150) -> Corpus:
+    """`queries` 'headline' (the whole body is indexed) or 'sentence' (the first `lead_words`
+    words of each article are indexed; a query is a random sentence from the rest)."""
     articles, names = load_bbc_articles()
     rng = np.random.default_rng(seed)
     indexed, held_out = [], []
@@ -87,13 +130,20 @@ def build_corpus(documents_per_topic: int, retrieval_queries: int, topic_questio
         held_out.append(pool[cut:])
     clients = split_by_topic(indexed, num_clients, topics_per_client, seed)
     stored = [a for docs in clients for a in docs]
-    if retrieval_queries > len(stored):
+    sentence_task = queries == "sentence"
+    askable = [a for a in stored if a.sentences(lead_words)] if sentence_task else stored
+    if retrieval_queries > len(askable):
         raise UserError(f"corpus.retrieval_queries = {retrieval_queries}: the stores hold "
-                        f"{len(stored)} articles")
-    queries = [stored[i] for i in sorted(rng.choice(len(stored), retrieval_queries, replace=False))]
+                        f"{len(askable)} articles" + (" with a sentence after the first passage"
+                                                      if sentence_task else ""))
+    chosen = [askable[i] for i in sorted(rng.choice(len(askable), retrieval_queries, replace=False))]
+    if sentence_task:
+        asked = [Query(str(rng.choice(a.sentences(lead_words))), a.doc_id) for a in chosen]
+    else:
+        asked = [Query(a.headline, a.doc_id) for a in chosen]
     # Round-robin over topics, so the topic questions are balanced (chance: 1 / topics).
     questions = [q for group in zip(*held_out, strict=False) for q in group][:topic_questions]
     if len(questions) < topic_questions:
         raise UserError(f"corpus.topic_questions = {topic_questions}: only {len(questions)} balanced "
                         "held-out articles remain; lower documents_per_topic")
-    return Corpus(names, clients, queries, questions)
+    return Corpus(names, clients, chosen, questions, asked, lead_words if sentence_task else 0)

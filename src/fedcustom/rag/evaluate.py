@@ -10,7 +10,7 @@ from typing import Any
 
 import numpy as np
 
-from fedcustom.rag.corpus import Article
+from fedcustom.rag.corpus import Article, Query
 from fedcustom.rag.federation import FederatedRetriever, Hit
 from fedcustom.rag.generate import Generator
 
@@ -36,20 +36,21 @@ def agreement(hits: Sequence[Hit], reference: Sequence[Hit]) -> float:
     return len(set(passage_keys(hits)) & set(passage_keys(reference))) / len(reference)
 
 
-def evaluate_retrieval(retriever: FederatedRetriever, queries: Sequence[Article],
+def evaluate_retrieval(retriever: FederatedRetriever, queries: Sequence[Query],
                        reference: dict[str, list[Hit]] | None,
                        k: int) -> tuple[dict[str, float], dict[str, list[Hit]]]:
-    """Find-the-article: the query is a headline, the one relevant document is its article."""
+    """Find-the-article: each query (a headline, or a sentence) has one relevant document, its
+    article. The results are keyed by that article's id."""
     recall, rr, agree, down, up, sent = [], [], [], [], [], []
     results: dict[str, list[Hit]] = {}
-    for article in queries:
-        hits, traffic = retriever.retrieve(article.headline)
-        results[article.doc_id] = hits
+    for query in queries:
+        hits, traffic = retriever.retrieve(query.text)
+        results[query.doc_id] = hits
         ranked = [h.doc_id for h in hits]
-        recall.append(recall_at_k(ranked, article.doc_id, k))
-        rr.append(reciprocal_rank(ranked, article.doc_id, k))
+        recall.append(recall_at_k(ranked, query.doc_id, k))
+        rr.append(reciprocal_rank(ranked, query.doc_id, k))
         if reference is not None:
-            agree.append(agreement(hits, reference[article.doc_id]))
+            agree.append(agreement(hits, reference[query.doc_id]))
         down.append(traffic.down)
         up.append(traffic.up)
         sent.append(traffic.passages_sent)

@@ -22,6 +22,7 @@ from fedcustom.rag.evaluate import evaluate_answers, evaluate_retrieval, passage
 from fedcustom.rag.federation import FederatedRetriever, RagClient, centralized_store, pack, passage_record
 from fedcustom.rag.generate import Generator
 from fedcustom.rag.store import LocalStore, load_encoder
+from fedcustom.rag.tuning import tuning_study
 
 
 def retrievers(clients: list[RagClient], central: RagClient, cfg: RagConfig) -> dict[str, FederatedRetriever]:
@@ -45,7 +46,8 @@ def run_rag_experiment(cfg: RagConfig, log: Callable[[str], None] = print) -> Pa
     # Everything that can fail on bad input (corpus sizes, model names) fails before the results
     # folder exists and before minutes of indexing.
     corpus = build_corpus(c.documents_per_topic, c.retrieval_queries, c.topic_questions,
-                          cfg.split.num_clients, cfg.split.topics_per_client, cfg.seed)
+                          cfg.split.num_clients, cfg.split.topics_per_client, cfg.seed, c.queries,
+                          cfg.store.chunk_size)
     encoder = load_encoder(cfg.encoder.name, cfg.encoder.max_length, cfg.encoder.batch_size)
     generator = Generator(g.name, g.adapter, g.max_new_tokens, g.passage_words,
                           g.answer_prefix) if corpus.topic_questions else None
@@ -57,7 +59,7 @@ def run_rag_experiment(cfg: RagConfig, log: Callable[[str], None] = print) -> Pa
     stores = []
     for i, docs in enumerate(corpus.clients):
         store = LocalStore(encoder, cfg.store.chunk_size, cfg.store.chunk_overlap)
-        store.add(a.document(corpus.topic_names) for a in docs)
+        store.add(a.document(corpus.topic_names, corpus.lead_words) for a in docs)
         store.save(run_dir / "stores" / f"client-{i}")
         stores.append(store)
         log(f"client {i}: {len(docs)} articles, {len(store)} passages, topics "
@@ -70,11 +72,17 @@ def run_rag_experiment(cfg: RagConfig, log: Callable[[str], None] = print) -> Pa
     retrieval: dict[str, dict[str, float]] = {}
     reference = None
     for name, retriever in retrievers(clients, RagClient(central), cfg).items():
-        metrics, results = evaluate_retrieval(retriever, corpus.retrieval_queries, reference, cfg.retrieval.k)
+        metrics, results = evaluate_retrieval(retriever, corpus.queries, reference, cfg.retrieval.k)
         reference = reference or results  # the first variant is the centralized index
         retrieval[name] = metrics
         log(f"{name}: " + ", ".join(f"{k} {v:.3f}" for k, v in metrics.items()))
     timings["retrieval_seconds"] = time.perf_counter() - tick
+
+    tuning: dict[str, Any] = {}
+    if cfg.tuning.rounds:
+        tick = time.perf_counter()
+        tuning = tuning_study(stores, corpus, cfg, log)
+        timings["tuning_seconds"] = time.perf_counter() - tick
 
     answers: dict[str, Any] = {}
     rows: list[dict[str, Any]] = []
@@ -99,7 +107,8 @@ def run_rag_experiment(cfg: RagConfig, log: Callable[[str], None] = print) -> Pa
         "passages_total": len(central), "retrieval_queries": len(corpus.retrieval_queries),
         # What a centralized index costs instead: every client uploads every passage once.
         "centralized_upload_bytes": sum(len(pack(passage_record(p))) for p in central.passages),
-        "retrieval": retrieval, "answers": answers, "timings": timings, "threads": torch.get_num_threads(),
+        "retrieval": retrieval, "tuning": tuning, "answers": answers, "timings": timings,
+        "threads": torch.get_num_threads(),
     }
     atomic_write(run_dir / "questions.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
     atomic_write(run_dir / "metrics.json", json.dumps(summary, indent=2))
@@ -115,7 +124,8 @@ def render_report(cfg: RagConfig, s: dict[str, Any]) -> str:
              f"{s['passages_total']} passages in all. Clients (articles / passages / topics):", ""]
     lines += [f"- client {i}: {c['articles']} / {c['passages']} / {', '.join(c['topics'])}"
               for i, c in enumerate(s["clients"])]
-    lines += ["", f"## Retrieval: find the article for a headline ({s['retrieval_queries']} queries)", "",
+    query = "a headline" if cfg.corpus.queries == "headline" else "a sentence from later in its body"
+    lines += ["", f"## Retrieval: find the article for {query} ({s['retrieval_queries']} queries)", "",
               f"| variant | recall@{k} | MRR@{k} | agreement@{k} with centralized | bytes/query (down + up) "
               "| passages sent/query |", "|---|---|---|---|---|---|"]
     for name, m in s["retrieval"].items():
@@ -128,6 +138,8 @@ def render_report(cfg: RagConfig, s: dict[str, Any]) -> str:
                      f"{sent} |")
     lines += ["", f"A centralized index instead needs every passage uploaded once: "
               f"{s['centralized_upload_bytes']:,} bytes.", ""]
+    if s["tuning"]:
+        lines += render_tuning(cfg, s["tuning"])
     a = s["answers"]
     if a:
         lines += [f"## Answers: 'which topic is this news about?' ({a['questions']} held-out headlines)", "",
@@ -152,3 +164,33 @@ def render_report(cfg: RagConfig, s: dict[str, Any]) -> str:
         f"{key.removesuffix('_seconds')} {value:.0f} s" for key, value in t.items() if key != "cpu_seconds")
         + f"; CPU time of the whole run: {t['cpu_seconds']:.0f} s", ""]
     return "\n".join(lines)
+
+
+def render_tuning(cfg: RagConfig, t: dict[str, Any]) -> list[str]:
+    k, tc = cfg.retrieval.k, cfg.tuning
+    gains = t[f"recall@{k}_gain_over_frozen"]
+    unchanged = ("verified: identical bytes before and after" if t["document_vectors_unchanged"]
+                 else "NOT: the vectors changed")
+    lines = ["## Federated retriever tuning", "",
+             f"LoRA (rank {tc.rank}) on the query encoder's {', '.join(tc.target_modules)} layers, in-batch "
+             f"InfoNCE (temperature {tc.temperature}) against the frozen passage vectors of the client's own "
+             f"index{' plus one hard negative per pair' if tc.hard_negatives else ''}; "
+             f"{tc.rounds} rounds x {tc.local_epochs} local epoch(s), {tc.fraction_fit:.0%} of the "
+             f"clients per round, lr {tc.lr}, batch {tc.batch_size}. Training pairs per client "
+             f"({tc.pairs_per_document} sentences per article, query articles held out): "
+             f"{', '.join(map(str, t['pairs_per_client']))}. The document encoder stays frozen: every index "
+             f"is unchanged ({unchanged}); each client embeds queries with the tuned tower. "
+             f"{t['trainable_parameters']:,} trainable parameters, "
+             f"{t['bytes_per_client_per_round']['up']:,} bytes up and down per client per round.", "",
+             f"| query encoder | recall@1 | recall@{k} | MRR@{k} | recall@{k} gain over frozen (95% CI) |",
+             "|---|---|---|---|---|"]
+    for name, m in t["variants"].items():
+        g = gains.get(name)
+        gain = f"{g['gain']:+.3f} ({g['low']:+.3f}, {g['high']:+.3f})" if g else "-"
+        if name.startswith("local"):
+            gain = f"clients {m[f'recall@{k}_min']:.3f} .. {m[f'recall@{k}_max']:.3f}"
+        lines.append(f"| {name} | {m['recall@1']:.3f} | {m[f'recall@{k}']:.3f} | {m[f'mrr@{k}']:.3f} "
+                     f"| {gain} |")
+    lines += ["", f"Federated rounds (round 0: the frozen encoder): recall@{k} " + ", ".join(
+        f"{r[f'recall@{k}']:.3f}" for r in t["curves"]["federated"]), ""]
+    return lines

@@ -17,7 +17,7 @@ from typing import Any
 
 from fedcustom.core.errors import UserError
 from fedcustom.core.registry import Registry
-from fedcustom.rag.store import LocalStore, Passage
+from fedcustom.rag.store import Encoder, LocalStore, Passage
 
 
 def pack(message: dict[str, Any]) -> bytes:
@@ -68,18 +68,24 @@ def passage_record(passage: Passage) -> dict[str, Any]:
 
 
 class RagClient:
-    """The client side: answers `search` and `fetch` requests from its own store."""
+    """The client side: answers `search` and `fetch` requests from its own store.
 
-    def __init__(self, store: LocalStore, max_k: int = 0) -> None:
+    `query_encoder` embeds the queries instead of the store's encoder: a tuned query tower
+    (rag.tuning) beside the frozen document encoder that built the index, which stays valid."""
+
+    def __init__(self, store: LocalStore, max_k: int = 0, query_encoder: Encoder | None = None) -> None:
         self.store = store
         self.max_k = max_k  # the client's own cap on passages per query (0: none)
-        self.encoder = store.encoder.name  # advertised, so the server can tell if scores compare
+        self.query_encoder = query_encoder or store.encoder
+        # advertised, so the server can tell if scores compare: documents' and queries' encoders
+        queries = "" if query_encoder is None else f" | queries: {query_encoder.name}"
+        self.encoder = store.encoder.name + queries
 
     def handle(self, request: bytes) -> bytes:
         msg = unpack(request)
         if msg.get("op") == "search":
             k = min(int(msg["k"]), self.max_k or int(msg["k"]))
-            scores, ids = self.store.search(str(msg["query"]), k)
+            scores, ids = self.store.search_vectors(self.query_encoder.encode_query(str(msg["query"])), k)
             reply: dict[str, Any] = {"ids": ids.tolist(), "scores": scores.tolist()}
             if msg.get("with_passages"):
                 reply["passages"] = [passage_record(self.store.passages[i]) for i in ids]

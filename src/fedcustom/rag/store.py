@@ -57,25 +57,30 @@ def chunk_words(text: str, size: int, overlap: int) -> list[str]:
     return [" ".join(words[s:s + size]) for s in starts]
 
 
+def mean_pool(hidden: torch.Tensor, attention_mask: torch.Tensor) -> torch.Tensor:
+    """The sentence embedding: token states averaged over the attention mask, L2-normalized (the
+    one pooling of both the frozen encoder and the tuned query encoder, rag.tuning)."""
+    mask = attention_mask.unsqueeze(-1).to(hidden.dtype)
+    pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)
+    return torch.nn.functional.normalize(pooled, dim=-1)
+
+
 class Encoder:
-    """A sentence encoder from any transformers encoder model: mean pooling + L2 normalization."""
+    """A sentence encoder from any transformers encoder model: mean pooling + L2 normalization.
+    `model` and `tokenizer` given: wrap them (a tuned query encoder) instead of loading `name`."""
 
-    def __init__(self, name: str, max_length: int = 256, batch_size: int = 32) -> None:
-        from transformers import AutoModel, AutoTokenizer
-
-
-        source, kwargs = resolve(name)
-        try:
-            self.tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
-            self.model = AutoModel.from_pretrained(source, dtype=torch.float32, **kwargs).eval()
-        except OSError as e:
-            raise UserError(f"cannot load encoder '{name}': {str(e).splitlines()[0]}") from None
+    def __init__(self, name: str, max_length: int = 256, batch_size: int = 32,
+                 model: torch.nn.Module | None = None, tokenizer: Any = None) -> None:
+        if model is None or tokenizer is None:
+            model, tokenizer = load_model(name)
+        self.model, self.tokenizer = model.eval(), tokenizer
         self.name, self.max_length, self.batch_size = name, max_length, batch_size
         self.dim = int(self.model.config.hidden_size)
         self._query_cache: dict[str, np.ndarray] = {}
 
     @torch.inference_mode()
     def encode(self, texts: list[str]) -> np.ndarray:
+        self.model.eval()  # a wrapped model may come straight from training (dropout on)
         out = np.zeros((len(texts), self.dim), dtype=np.float32)
         # Sorting by length keeps padding small; the attention mask makes results order-independent.
         order = sorted(range(len(texts)), key=lambda i: len(texts[i]))
@@ -84,9 +89,7 @@ class Encoder:
             batch = self.tokenizer([texts[i] for i in rows], padding=True, truncation=True,
                                    max_length=self.max_length, return_tensors="pt")
             hidden = self.model(**batch).last_hidden_state
-            mask = batch["attention_mask"].unsqueeze(-1).to(hidden.dtype)
-            pooled = (hidden * mask).sum(1) / mask.sum(1).clamp(min=1.0)
-            out[rows] = torch.nn.functional.normalize(pooled, dim=-1).numpy()
+            out[rows] = mean_pool(hidden, batch["attention_mask"]).numpy()
         return out
 
     def encode_query(self, query: str) -> np.ndarray:
@@ -94,6 +97,25 @@ class Encoder:
         if query not in self._query_cache:
             self._query_cache[query] = self.encode([query])
         return self._query_cache[query]
+
+    def remember_queries(self, queries: list[str]) -> None:
+        """Forget every memoized query, then embed `queries` in batches (an evaluation's query set
+        at once: much faster than one by one; the weights may have changed since the last call)."""
+        vectors = self.encode(queries)
+        self._query_cache = {q: vectors[i:i + 1] for i, q in enumerate(queries)}
+
+
+def load_model(name: str) -> tuple[torch.nn.Module, Any]:
+    """An encoder model (float32) and its tokenizer: packaged name, local dir or hub id."""
+    from transformers import AutoModel, AutoTokenizer
+
+    source, kwargs = resolve(name)
+    try:
+        tokenizer = AutoTokenizer.from_pretrained(source, **kwargs)
+        model = AutoModel.from_pretrained(source, dtype=torch.float32, **kwargs)
+    except OSError as e:
+        raise UserError(f"cannot load encoder '{name}': {str(e).splitlines()[0]}") from None
+    return model, tokenizer
 
 
 @functools.cache

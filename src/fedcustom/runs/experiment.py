@@ -22,7 +22,7 @@ import numpy as np
 import torch
 
 from fedcustom.core.config import ExperimentConfig, dumps, load_config
-from fedcustom.core.device import autocast, check_precision, resolve_device
+from fedcustom.core.device import autocast, check_precision, check_quantization, resolve_device
 from fedcustom.core.errors import UserError
 from fedcustom.core.io import atomic_write, check_writable, folder_lock, new_run_dir, storage_full_stops
 from fedcustom.core.log import info
@@ -75,6 +75,7 @@ def execute(cfg: ExperimentConfig, resume_dir: Path | None, log: Any,
     check_writable(resume_dir or into or Path(cfg.output_dir))  # before anything loads
     device = resolve_device(cfg.device)  # a missing GPU fails here, before anything loads
     check_precision(device, cfg.train.precision)
+    check_quantization(device, cfg.model.quantization)  # bitsandbytes' backend for that device
     check_tracking(cfg)  # a tracker's missing package, named in one line
     data = data if data is not None else load_task_data(cfg.data)
     parts = partition_indices(data.train, cfg.partition, cfg.seed)  # fails early on a bad split

@@ -20,7 +20,7 @@ from safetensors.torch import load_file
 from torch import nn
 
 from fedcustom.core.config import MODES, ExperimentConfig
-from fedcustom.core.device import autocast, model_device, resolve_device
+from fedcustom.core.device import autocast, check_quantization, model_device, resolve_device
 from fedcustom.core.errors import UserError
 from fedcustom.core.registry import METHODS
 from fedcustom.data import TaskData, load_task_data
@@ -92,9 +92,11 @@ def load_model(run_dir: Path, cfg: ExperimentConfig, mode: str, device: str | No
         raise UserError(f"method '{method.name}': the server model is not loaded from the exchanged "
                         f"state; use the saved model in {run_dir / mode / 'adapter'}")
     data = saved_labels(run_dir, cfg)
+    target = resolve_device(device or cfg.device)
+    check_quantization(target, cfg.model.quantization)
     model, tokenizer = task_for(cfg, method, data).build_model(method, cfg, data)
     method.prepare(model)
-    model.to(resolve_device(device or cfg.device))
+    model.to(target)
     method.set_state(model, load_file(state_file))
     model.eval()
     return TrainedModel(model, tokenizer, data.label_names, data.kind, cfg)

@@ -26,7 +26,7 @@ import torch
 from flwr.app import ArrayRecord, Context, Message, MetricRecord, RecordDict
 
 from fedcustom.core.config import DataConfig, ExperimentConfig, build
-from fedcustom.core.device import resolve_device
+from fedcustom.core.device import check_quantization, resolve_device
 from fedcustom.core.errors import UserError
 from fedcustom.core.log import logger
 from fedcustom.core.registry import METHODS
@@ -73,9 +73,11 @@ def site_clients(config_text: str, label_names_json: str, data_path: str, cid: i
         data = load_task_data(cfg.data)
         rows_by_client = partition_indices(data.train, cfg.partition, cfg.seed)
     task = task_for(cfg, method, data)
+    device = resolve_device(cfg.device)  # a site's own GPU, if it has one (`device = "auto"`)
+    check_quantization(device, cfg.model.quantization)
     model, tokenizer = task.build_model(method, cfg, data)
     method.prepare(model)
-    model.to(resolve_device(cfg.device))  # a site's own GPU, if it has one (`device = "auto"`)
+    model.to(device)
     n = len(rows_by_client)
     train = task.encode(data.train, tokenizer, cfg)
     logger.info(f"site: built the clients of run {run_id} ({cfg.model.name}, {len(data.train)} rows) in "
