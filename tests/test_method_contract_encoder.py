@@ -24,11 +24,13 @@ from fedcustom.strategies.fedavg import FedAvg, FedAvgOptions
 
 TEXTS = ["a warm and funny film", "dull", "the plot was tedious and the acting flat", "superb"]
 LABELS = [1, 0, 0, 1]
-# the contract of gradient methods on an encoder: those exchanging logits or scores, or training
-# forward-only (their own fit), have their own suites; hetlora's fit keeps the client's rank, then
-# runs the shared loop
+# the contract of gradient methods on the encoder classifier: those exchanging logits or scores,
+# training forward-only (their own fit) or building another model (vprompt: a causal LM's
+# verbalizer, checked on a tiny Llama in test_method_contract.py and test_blackbox.py) have their
+# own suites; hetlora's fit keeps the client's rank, then runs the shared loop
 NAMES = [n for n in METHODS.names()
-         if (METHODS.get(n).exchange == "weights" and METHODS.get(n).fit is Method.fit) or n == "hetlora"]
+         if (METHODS.get(n).exchange == "weights" and METHODS.get(n).fit is Method.fit
+             and METHODS.get(n).build_model is Method.build_model) or n == "hetlora"]
 
 
 def prepared(model_dir: Path, name: str, seed: int) -> tuple[Classifier, object, Method]:
