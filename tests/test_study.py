@@ -190,5 +190,7 @@ def test_report_of_a_study_with_local_training_and_convergence(tmp_path: Path) -
     fed_row = next(row for label, row in per_round.items() if label.startswith("alpha=1.0, seed 0 (fed"))
     assert list(fed_row.values())[1:] == ["50.00%", "", "78.00%", "", "79.50%"]
     assert any(label.endswith("(loc)") for label in per_round)
+    validation = table("Validation accuracy per round")  # only the centralized runs have val here
+    assert list(validation["seed1 (cen)"].values())[1:] == ["50.00%", "85.00%", "86.00%"]  # rounds 0, 2, 4
     for name in ("accuracy.png", "accuracy_vs_bytes.png", "gap.png", "accuracy_vs_alpha.png"):
         assert (study / name).read_bytes().startswith(b"\x89PNG")

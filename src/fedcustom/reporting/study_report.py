@@ -94,8 +94,12 @@ def rounds(v: float) -> str:
     return f"{v:.1f}".removesuffix(".0")  # a mean over seeds may fall between rounds
 
 
-def accuracy_per_round(cells: list[CellResult]) -> str:
-    return per_round_table([(c.label, c.records) for c in curves(cells)], "test_accuracy", pct)
+def accuracy_per_round(cells: list[CellResult], key: str = "test_accuracy") -> str:
+    return per_round_table([(c.label, c.records) for c in curves(cells)], key, pct)
+
+
+def has_validation(cells: list[CellResult]) -> bool:
+    return any("val_accuracy" in r for c in curves(cells) for r in c.records)
 
 
 def write_study_report(study_dir: Path, out: Path | None = None) -> Path:
@@ -143,6 +147,11 @@ def write_study_report(study_dir: Path, out: Path | None = None) -> Path:
                                                      "each against the baseline of its own seed."
                                                      if len(index["seeds"]) > 1 else ""), converged]
         parts += ["## Test accuracy per round", accuracy_per_round(cells)]
+        if has_validation(cells):  # what hyperparameters are chosen on (data.validation_fraction)
+            parts += ["## Validation accuracy per round",
+                      "On the validation split, held out of every client's data and of the test set: "
+                      "choose settings on this table, never on the test columns.",
+                      accuracy_per_round(cells, "val_accuracy")]
     parts += ["## Figures", *(f"![{caption}]({name})" for name, (caption, _) in figures.items())]
     out.mkdir(parents=True, exist_ok=True)
     for name, (_, png) in figures.items():
