@@ -11,7 +11,7 @@ from pathlib import Path
 
 from benchmarks.common import GPU_PARTS, RESULTS, Options
 
-BENCHMARKS = ("overhead", "throughput", "precision", "scale", "peer")  # `all`: the CPU suite
+BENCHMARKS = ("overhead", "throughput", "precision", "limit", "scale", "peer")  # `all`: the CPU suite
 OTHERS = ("memory", "flower-rounds")  # run by name only
 
 
