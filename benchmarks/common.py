@@ -69,11 +69,11 @@ CPU_FLAGS = ("avx2", "fma", "avx512f", "avx512_bf16", "avx512_fp16", "amx_tile",
 
 
 def cpu_features() -> dict[str, Any]:
-    """Which of CPU_FLAGS /proc/cpuinfo lists (None where there is no /proc/cpuinfo), and the
+    """Which of CPU_FLAGS /proc/cpuinfo lists (None where it lists no x86 `flags`), and the
     vector instruction set torch's CPU kernels chose."""
     info = Path("/proc/cpuinfo")
     flags = next((set(line.split(":", 1)[1].split()) for line in info.read_text().splitlines()
-                  if line.startswith("flags")), set()) if info.exists() else None
+                  if line.startswith("flags")), None) if info.exists() else None
     return {"cpu_flags": {f: f in flags for f in CPU_FLAGS} if flags is not None else None,
             "torch_cpu_capability": torch.backends.cpu.get_cpu_capability()}
 
