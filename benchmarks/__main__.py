@@ -11,7 +11,7 @@ from pathlib import Path
 
 from benchmarks.common import GPU_PARTS, RESULTS, Options
 
-BENCHMARKS = ("overhead", "throughput", "scale", "peer")  # `all`: the CPU suite
+BENCHMARKS = ("overhead", "throughput", "precision", "limit", "scale", "peer")  # `all`: the CPU suite
 OTHERS = ("memory", "flower-rounds")  # run by name only
 
 
@@ -29,7 +29,7 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     parser = argparse.ArgumentParser(prog="python -m benchmarks", description=__doc__)
     parser.add_argument("which", choices=[*BENCHMARKS, *OTHERS, "gpu", "all"])
-    parser.add_argument("--quick", action="store_true", help="small sizes (about 3 minutes for all)")
+    parser.add_argument("--quick", action="store_true", help="small sizes, a harness check (minutes for all)")
     parser.add_argument("--model", default="minilm", help="packaged model name or local model directory "
                                                           "(flower-rounds: also `tiny`, the tests' model)")
     parser.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",

@@ -1,21 +1,27 @@
-"""Peer: fedcustom's in-process engine against Flower's simulation engine (Ray), same work.
+"""Peer: fedcustom's in-process engine against its engine on Flower's simulation runtime, same config.
 
-No Flower engine is registered in fedcustom yet, so the Flower side is a minimal ServerApp +
-ClientApp written here on Flower's Message API (`flwr.simulation.run_simulation`): Flower's own
-FedAvg strategy, its ArrayRecord payloads and Ray actors, with the client's work done by the same
-fedcustom Method and training loop on the same clients' rows, with the same per-client seeds.
-The server evaluates the global model on the same test set after every round (evaluate_fn),
-as fedcustom's engine does. Each Ray actor builds the model and tokenizes the data once and keeps
-them between rounds (what a careful Flower user does). Ray gets 1 CPU, so one actor trains at a
-time, as fedcustom's single process does: both sides use one torch thread for training.
+Sides: engine `simulation` (fedcustom's in-process engine) and engine `flower-simulation`
+(Flower's `run_simulation` on Ray: fedcustom's ServerApp runs the same round loop, strategy,
+screening, evaluation, records and checkpoints, and every client is a virtual SuperNode whose
+ClientApp runs on a Ray actor that keeps the built model between messages; Ray gets 1 CPU, so
+one actor trains at a time on one torch thread, as the in-process engine does). Both are started
+as a user starts a run (`fedcustom.run`: the engine's own launcher, else `run_experiment`) with
+the same config: prefix-tuning, the same clients' rows and seeds, FedAvg, evaluation on the same
+64 test examples after every round, so both train the same batches.
 
-Each side runs in a fresh process; peak memory is the peak PSS summed over that process and every
-process it starts (Ray's raylet, GCS, workers), sampled every 0.25 s. `round_span_s` runs from
-the end of the initial evaluation to the end of the last round (`round_s`: each round), and
-Flower's first round includes each actor's one-time model build and tokenization (fedcustom does
-that before round 0), so `later_round_s` (median of rounds 2..R) compares the steady state;
-`wall_s` is the whole process, startup included, and `tree_cpu_s` the CPU time of its
-process tree (startup included), the figure least disturbed by other jobs on the machine.
+Workloads: `compute` (10 clients x 100 examples: the clients' training dominates a round) and
+`overhead` (100 clients x 8 examples: one small batch per client, so the per-client messaging
+and bookkeeping weigh most).
+
+Each side runs in a fresh process. Steady state, the headline: the median of `round_seconds`
+over rounds 2..R of the run's records (rounds.jsonl: the server's round, from sending the state
+to the end of the evaluation); Flower's round 1 also includes the actor's one-time model build
+and tokenization (`first_round_extra_s`: round 1 less the steady state). Setup: the process's
+whole wall time less rounds 1..R (Python start, imports, data, model build, Ray's start, the
+initial evaluation, shutdown). Peak memory is the peak PSS summed over the process and every
+process it starts (Ray's raylet, GCS, workers) and CPU time is summed over that tree, sampled
+every 0.25 s. Ratios: flower-simulation / simulation, of the medians over repeats (sides run
+back to back, alternating which goes first).
 """
 
 from __future__ import annotations
@@ -23,11 +29,9 @@ from __future__ import annotations
 import dataclasses
 import tempfile
 import time
-from functools import cache
 from typing import Any
 
 from benchmarks.common import (
-    Mark,
     Options,
     experiment_config,
     median,
@@ -37,146 +41,94 @@ from benchmarks.common import (
     write_result,
 )
 
+ENGINES = ("simulation", "flower-simulation")
+# workload -> (clients, examples per client)
+WORKLOADS = {"compute": (10, 100), "overhead": (100, 8)}
+QUICK_WORKLOADS = {"compute": (2, 16), "overhead": (6, 2)}
+TEST_EXAMPLES = 64
+
 
 def config_for(spec: dict[str, Any]) -> Any:
     opts = Options(model=spec["model"], overrides=spec["overrides"])
     n, per_client = spec["clients"], spec["examples_per_client"]
     return experiment_config(opts, [
-        "modes=['federated']", "method.name=prefix", "partition.scheme=iid", f"partition.num_clients={n}",
-        f"data.max_train_examples={n * per_client}", "data.max_test_examples=64",
-        f"federation.rounds={spec['rounds']}", "federation.max_norm_factor=0",
+        f"engine={spec['engine']!r}", "modes=['federated']", "method.name=prefix", "partition.scheme=iid",
+        f"partition.num_clients={n}", f"data.max_train_examples={n * per_client}",
+        f"data.max_test_examples={TEST_EXAMPLES}", f"federation.rounds={spec['rounds']}",
     ])
 
 
-@cache
-def world(spec_json: str) -> tuple[Any, Any, Any, Any, Any, list[Any]]:
-    """(config, method, model, train, test, client rows), built once per process."""
-    import json
-
-    from fedcustom.core.registry import METHODS
-    from fedcustom.data import load_task_data, partition_indices
-    from fedcustom.data.batching import encode_split
-
-    one_thread()
-    cfg = config_for(json.loads(spec_json))
-    data = load_task_data(cfg.data)
-    parts = partition_indices(data.train, cfg.partition, cfg.seed)
-    method = METHODS.get(cfg.method.name)(cfg.method.options)
-    model, tokenizer = method.build_model(cfg.model, len(data.label_names), cfg.seed)
-    method.prepare(model)
-    train = encode_split(data.train, tokenizer, cfg.model.max_length)
-    test = encode_split(data.test, tokenizer, cfg.model.max_length)
-    return cfg, method, model, train, test, parts
-
-
-def flower_apps(spec_json: str, marks: list[Mark]) -> tuple[Any, Any]:
-    from flwr.app import ArrayRecord, ConfigRecord, Context, Message, MetricRecord, RecordDict
-    from flwr.clientapp import ClientApp
-    from flwr.serverapp import Grid, ServerApp
-    from flwr.serverapp.strategy import FedAvg
-
-    from fedcustom.core.types import FitContext
-    from fedcustom.federation.rounds import client_seed
-
-    client_app = ClientApp()
-
-    @client_app.train()
-    def train(msg: Message, context: Context) -> Message:
-        cfg, method, model, data, _, parts = world(spec_json)
-        cid = int(context.node_config["partition-id"])
-        server_round = int(msg.content["config"]["server-round"])
-        method.set_state(model, dict(msg.content["arrays"].to_torch_state_dict()))
-        ctx = FitContext(cid, server_round, client_seed(cfg.seed, server_round, cid))
-        local = method.fit(model, data, parts[cid], cfg.train, ctx)
-        reply = RecordDict({"arrays": ArrayRecord(method.get_state(model)),
-                            "metrics": MetricRecord({"num-examples": len(parts[cid]), "loss": local.loss})})
-        return Message(reply, reply_to=msg)
-
-    server_app = ServerApp()
-
-    @server_app.main()
-    def main(grid: Grid, context: Context) -> None:
-        cfg, method, model, _, test, parts = world(spec_json)
-
-        def evaluate(_round: int, arrays: ArrayRecord) -> MetricRecord:
-            method.set_state(model, dict(arrays.to_torch_state_dict()))
-            metrics = method.evaluate(model, test, cfg.train.eval_batch_size)
-            marks.append(Mark.now())
-            return MetricRecord(metrics)
-
-        strategy = FedAvg(fraction_train=cfg.federation.fraction_fit, fraction_evaluate=0.0,
-                          min_train_nodes=1, min_available_nodes=len(parts))
-        strategy.start(grid, ArrayRecord(method.get_state(model)), num_rounds=cfg.federation.rounds,
-                       train_config=ConfigRecord({"lr": cfg.train.lr}), evaluate_fn=evaluate)
-
-    return server_app, client_app
-
-
 def point(spec: dict[str, Any]) -> dict[str, Any]:
-    """One side of the comparison in its own process: `python -m benchmarks _point peer SPEC`."""
-    import json
+    """One side of one workload in its own process: `python -m benchmarks _point peer SPEC`."""
+    import logging
+
+    from fedcustom.runs.api import run
 
     one_thread()
-    start = time.perf_counter()
-    marks: list[Mark] = []
-    if spec["side"] == "flower":
-        import logging
+    logging.getLogger("flwr").setLevel(logging.WARNING)
+    with tempfile.TemporaryDirectory() as tmp:
+        result = run(dataclasses.replace(config_for(spec), output_dir=tmp))
+        records = result.records["federated"]
+    rounds = [r for r in records if r["round"] >= 1]
+    if len(rounds) != spec["rounds"]:
+        raise RuntimeError(f"{spec['engine']}: expected {spec['rounds']} rounds, "
+                           f"the records have {len(rounds)}")
+    return {"engine": spec["engine"], "round_s": [r["round_seconds"] for r in rounds],
+            "test_accuracy": [r.get("test_accuracy") for r in records],
+            "train_loss": [r["train_loss"] for r in rounds]}
 
-        from flwr.simulation import run_simulation
 
-        logging.getLogger("flwr").setLevel(logging.WARNING)
-        server_app, client_app = flower_apps(json.dumps(spec["run"], sort_keys=True), marks)
-        run_simulation(server_app, client_app, num_supernodes=spec["run"]["clients"],
-                       backend_config={"client_resources": {"num_cpus": 1, "num_gpus": 0.0},
-                                       "init_args": {"num_cpus": 1}})
-    else:
-        from fedcustom.runs.experiment import run_experiment
-
-        with tempfile.TemporaryDirectory() as tmp:
-            cfg = dataclasses.replace(config_for(spec["run"]), output_dir=tmp)
-            run_experiment(cfg, log=lambda *_: None, on_record=lambda *_: marks.append(Mark.now()))
-    if len(marks) != spec["run"]["rounds"] + 1:
-        expected = spec["run"]["rounds"] + 1
-        raise RuntimeError(f"{spec['side']}: expected {expected} evaluations, got {len(marks)}")
-    per_round = [(b - a).wall for a, b in zip(marks, marks[1:], strict=False)]
-    return {"side": spec["side"], "round_span_s": (marks[-1] - marks[0]).wall, "round_s": per_round,
-            # rounds after the first: Flower's actors build their model and data during round 1
-            "later_round_s": median(per_round[1:]) if len(per_round) > 1 else per_round[0],
-            "wall_s": time.perf_counter() - start}
+def summarize(result: dict[str, Any], process_wall: float) -> dict[str, Any]:
+    """Setup, first round and steady state of one run (see the module's docstring)."""
+    rounds = result["round_s"]
+    steady = median(rounds[1:]) if len(rounds) > 1 else rounds[0]
+    return {**result, "process_wall_s": process_wall, "steady_round_s": steady,
+            "first_round_extra_s": rounds[0] - steady, "setup_s": process_wall - sum(rounds)}
 
 
 def run(opts: Options) -> dict[str, float]:
     one_thread()
-    clients, rounds, per_client = (2, 2, 8) if opts.quick else (4, 3, 32)
-    repeats = opts.repeats or (1 if opts.quick else 2)
-    run_spec = {"model": opts.model, "overrides": opts.overrides, "clients": clients, "rounds": rounds,
+    workloads = QUICK_WORKLOADS if opts.quick else WORKLOADS
+    rounds = 2 if opts.quick else 3
+    repeats = opts.repeats or (1 if opts.quick else 3)
+    results: dict[str, Any] = {}
+    ratios: dict[str, float] = {}
+    for workload, (clients, per_client) in workloads.items():
+        spec = {"model": opts.model, "overrides": opts.overrides, "clients": clients, "rounds": rounds,
                 "examples_per_client": per_client}
-    runs: dict[str, list[dict[str, Any]]] = {"fedcustom": [], "flower": []}
-    for i in range(repeats):  # interleaved, alternating who goes first
-        for side in ("fedcustom", "flower") if i % 2 == 0 else ("flower", "fedcustom"):
-            runs[side].append(run_point("peer", {"side": side, "run": run_spec}))
-        print(f"peer: repeat {i + 1}/{repeats}: " + ", ".join(
-            f"{s} rounds {r[-1]['round_span_s']:.1f} s, wall {r[-1]['wall_s']:.1f} s, "
-            f"CPU {r[-1]['tree_cpu_s']:.1f} s, peak {r[-1]['tree_peak_pss_mb']:.0f} MB"
-            for s, r in runs.items()))
+        runs: dict[str, list[dict[str, Any]]] = {engine: [] for engine in ENGINES}
+        for i in range(repeats):  # interleaved, alternating who goes first
+            for engine in ENGINES if i % 2 == 0 else ENGINES[::-1]:
+                start = time.perf_counter()
+                point_result = run_point("peer", {**spec, "engine": engine})
+                runs[engine].append(summarize(point_result, time.perf_counter() - start))
+            print(f"peer: {workload} ({clients} clients x {per_client} examples), repeat {i + 1}/{repeats}: "
+                  + ", ".join(f"{e} steady round {r[-1]['steady_round_s']:.2f} s, "
+                              f"setup {r[-1]['setup_s']:.1f} s, peak {r[-1]['tree_peak_pss_mb']:.0f} MB"
+                              for e, r in runs.items()))
 
-    def med(side: str, key: str) -> float:
-        return median([r[key] for r in runs[side]])
+        def med(engine: str, key: str, runs: dict = runs) -> float:
+            return median([r[key] for r in runs[engine]])
 
-    def flower_over_fedcustom(key: str) -> float:
-        return med("flower", key) / med("fedcustom", key)
-
-    ratios = {
-        "flower_over_fedcustom_round_time": flower_over_fedcustom("round_span_s"),
-        "flower_over_fedcustom_later_rounds": flower_over_fedcustom("later_round_s"),
-        "flower_over_fedcustom_wall_time": flower_over_fedcustom("wall_s"),
-        "flower_over_fedcustom_tree_cpu_time": flower_over_fedcustom("tree_cpu_s"),
-        "flower_over_fedcustom_peak_memory": flower_over_fedcustom("tree_peak_pss_mb"),
-    }
-    settings = {"model": opts.model, "method": "prefix", "strategy": "fedavg (each framework's own)",
-                "clients": clients, "rounds": rounds, "examples_per_client": per_client, "repeats": repeats,
-                "threads": 1, "ray_cpus": 1, "test_examples": 64}
-    path = write_result(opts, "peer", settings, runs, ratios, __doc__.split("\n\n", 1)[1].strip())
+        sim, flower = ENGINES
+        medians = {engine: {key: med(engine, key) for key in (
+            "steady_round_s", "setup_s", "first_round_extra_s", "process_wall_s", "tree_cpu_s",
+            "tree_peak_pss_mb")} for engine in ENGINES}
+        # what Flower's runtime adds to each client's message in a steady round (may be < 0: noise)
+        extra = (medians[flower]["steady_round_s"] - medians[sim]["steady_round_s"]) / clients
+        same = all(runs[sim][0][k] == runs[flower][0][k] for k in ("test_accuracy", "train_loss"))
+        results[workload] = {"clients": clients, "examples_per_client": per_client, "runs": runs,
+                             "medians": medians, "flower_extra_s_per_client_in_steady_rounds": extra,
+                             "same_metrics": same}
+        for key, name in (("steady_round_s", "steady_round"), ("setup_s", "setup"),
+                          ("process_wall_s", "wall"), ("tree_cpu_s", "tree_cpu"),
+                          ("tree_peak_pss_mb", "peak_memory")):
+            ratios[f"{workload}_{name}_flower_over_simulation"] = medians[flower][key] / medians[sim][key]
+    settings = {"model": opts.model, "method": "prefix", "strategy": "fedavg", "engines": list(ENGINES),
+                "workloads": {w: {"clients": c, "examples_per_client": e} for w, (c, e) in workloads.items()},
+                "rounds": rounds, "repeats": repeats, "threads": 1, "ray_cpus": 1,
+                "test_examples": TEST_EXAMPLES, "steady_state": f"median round_seconds of rounds 2..{rounds}"}
+    path = write_result(opts, "peer", settings, results, ratios, __doc__.split("\n\n", 1)[1].strip())
     print_ratios("peer", ratios)
     print(f"peer: -> {path}")
     return ratios

@@ -11,6 +11,7 @@ because training syncs every step (loss.item()) and evaluation on its outputs.
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -21,11 +22,27 @@ METHODS = ("full", "lora", "prompt", "prefix")
 SMALL_EVAL_BATCH = 32
 
 
-def measure(cfg: Any, method_name: str, repeats: int) -> dict[str, float]:
+@dataclass
+class Bench:
+    """One method's model, built and prepared by fedcustom, and the encoded splits it runs on."""
+
+    method: Any
+    model: Any
+    train: Any
+    test: Any
+    rows: np.ndarray
+    device: Any
+
+    @property
+    def trainable_parameters(self) -> int:
+        return sum(p.numel() for p in self.method.trainable(self.model).values())
+
+
+def build(cfg: Any, method_name: str) -> Bench:
+    """The method's model on cfg's device and the encoded train/test splits (outside every clock)."""
     from fedcustom.core.config import component
-    from fedcustom.core.device import autocast, resolve_device
+    from fedcustom.core.device import resolve_device
     from fedcustom.core.registry import METHODS as REGISTRY
-    from fedcustom.core.types import FitContext
     from fedcustom.data import load_task_data
     from fedcustom.data.batching import encode_split
 
@@ -37,22 +54,52 @@ def measure(cfg: Any, method_name: str, repeats: int) -> dict[str, float]:
     model.to(device)
     train = encode_split(data.train, tokenizer, cfg.model.max_length)
     test = encode_split(data.test, tokenizer, cfg.model.max_length)
-    rows = np.arange(len(train))
+    return Bench(method, model, train, test, np.arange(len(train)), device)
+
+
+def time_fit(bench: Bench, train_cfg: Any, seed: int, rows: np.ndarray | None = None) -> Mark:
+    """One local epoch of `Method.fit` over `rows` (default all), its batches drawn with `seed`:
+    the same seed and rows give the same batches, whatever train_cfg.precision."""
+    from fedcustom.core.types import FitContext
+
+    rows = bench.rows if rows is None else rows
+    ctx = FitContext(cid=0, server_round=seed, seed=seed)
+    start = Mark.now()
+    bench.method.fit(bench.model, bench.train, rows, train_cfg, ctx)
+    return Mark.now() - start
+
+
+def time_evaluate(bench: Bench, precision: str, batch_size: int, test: Any = None) -> tuple[Mark, dict]:
+    """`Method.evaluate` on the test split (or `test`) under the run's autocast; its metrics."""
+    from fedcustom.core.device import autocast
+
+    with autocast(bench.device, precision):
+        start = Mark.now()
+        metrics = bench.method.evaluate(bench.model, bench.test if test is None else test, batch_size)
+        return Mark.now() - start, metrics
+
+
+def warm_up(bench: Bench, train_cfg: Any) -> None:
+    """One training step and one evaluation batch, untimed: the first call of a kernel (its
+    oneDNN primitives, a dtype's first cast) is not what a run spends per step."""
+    from fedcustom.data.batching import Encoded
+
+    time_fit(bench, train_cfg, 0, bench.rows[:train_cfg.batch_size])
+    n = min(len(bench.test), train_cfg.eval_batch_size)
+    head = Encoded(bench.test.input_ids[:n], bench.test.lengths[:n], bench.test.labels[:n])
+    time_evaluate(bench, train_cfg.precision, train_cfg.eval_batch_size, head)
+
+
+def measure(cfg: Any, method_name: str, repeats: int) -> dict[str, float]:
+    bench = build(cfg, method_name)
     spans: dict[str, list[Mark]] = {"train": [], "eval": [], "eval_small": []}
     for i in range(repeats):
-        start = Mark.now()
-        method.fit(model, train, rows, cfg.train, FitContext(cid=0, server_round=i, seed=i))
-        spans["train"].append(Mark.now() - start)
-        with autocast(device, cfg.train.precision):
-            start = Mark.now()
-            method.evaluate(model, test, cfg.train.eval_batch_size)
-            spans["eval"].append(Mark.now() - start)
-            start = Mark.now()
-            method.evaluate(model, test, SMALL_EVAL_BATCH)
-            spans["eval_small"].append(Mark.now() - start)
-    trainable = sum(p.numel() for p in method.trainable(model).values())
+        spans["train"].append(time_fit(bench, cfg.train, i))
+        spans["eval"].append(time_evaluate(bench, cfg.train.precision, cfg.train.eval_batch_size)[0])
+        spans["eval_small"].append(time_evaluate(bench, cfg.train.precision, SMALL_EVAL_BATCH)[0])
+    train, test = bench.train, bench.test
     out: dict[str, Any] = {"train_examples": len(train), "eval_examples": len(test),
-                           "trainable_parameters": trainable}
+                           "trainable_parameters": bench.trainable_parameters}
     for key, n in (("train", len(train)), ("eval", len(test)), ("eval_small", len(test))):
         name = key.replace("eval_small", f"eval_at_batch_{SMALL_EVAL_BATCH}")
         out[f"{name}_wall_s"] = [m.wall for m in spans[key]]

@@ -72,6 +72,48 @@ def test_throughput_covers_every_gradient_method(bench) -> None:
     assert all(r["trainable_parameters"] < full for n, r in result["results"].items() if n != "full")
 
 
+def test_precision_compares_fp32_and_bf16_per_method(bench) -> None:
+    code, out = bench("precision", "--quick")
+    assert code == 0
+    result = load(out, "precision")
+    assert set(result["results"]) == {"full", "lora", "prompt", "prefix"}
+    for name, r in result["results"].items():
+        for p in ("fp32", "bf16"):
+            assert r[f"{p}_train_examples_per_cpu_s"] > 0 and r[f"{p}_eval_examples_per_s"] > 0, name
+            assert len(r[f"{p}_train_cpu_s"]) == 1 and 0 <= r[f"{p}_eval_accuracy"][0] <= 1
+        for key in ("train", "eval"):
+            assert result["ratios"][f"{name}_{key}_bf16_over_fp32"] == r[f"{key}_bf16_over_fp32_cpu"]
+    flags = result["machine"]["cpu_flags"]
+    assert flags is None or {"avx512_bf16", "amx_bf16"} <= set(flags)
+
+
+def test_limit_measures_matmul_peak_and_training_flops(bench) -> None:
+    code, out = bench("limit", "--quick")
+    assert code == 0
+    result = load(out, "limit")
+    settings, results = result["settings"], result["results"]
+    # the tiny model: squares of its hidden and feed-forward sizes, and a batch's product
+    hidden, ffn = settings["hidden_size"], settings["intermediate_size"]
+    assert settings["matmul_shapes"][-1] == [16 * 16, hidden, ffn]
+    assert len(results["matmul"]) == len(settings["matmul_shapes"]) * 2 * len(settings["matmul_threads"])
+    assert all(r["gflops"] > 0 and r["calls_per_sample"] >= 1 for r in results["matmul"])
+    full, prefix = results["training"]["full"], results["training"]["prefix"]
+    for p in ("fp32", "bf16"):
+        assert full[p]["flops_per_pass"] > prefix[p]["flops_per_pass"] > 0  # no weight gradients
+        assert 0 < full[p]["fraction_of_peak"] == result["ratios"][f"full_{p}_fraction_of_matmul_peak"]
+    # autocast changes the dtype of the products, not their shapes
+    assert full["fp32"]["flops_by_op"] == full["bf16"]["flops_by_op"]
+
+
+def test_limit_times_a_matmul(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.syspath_prepend(str(ROOT))
+    from benchmarks import limit
+
+    r = limit.time_matmul(8, 16, 4, torch.float32, 1, 2)
+    assert (r["m"], r["k"], r["n"], r["dtype"], r["threads"]) == (8, 16, 4, "float32", 1)
+    assert len(r["wall_s"]) == 2 and r["gflops"] == 2 * 8 * 16 * 4 / min(r["wall_s"]) / 1e9
+
+
 def test_scale_point_measures_one_run(tiny_model_dir: Path, sentiment_csv: Path,
                                      monkeypatch: pytest.MonkeyPatch) -> None:
     """One scale point in process (the CLI runs each in a fresh process: see the slow test)."""
@@ -126,13 +168,32 @@ def test_bad_override_is_a_user_error(bench, capsys: pytest.CaptureFixture[str])
 
 
 @pytest.mark.ray
-def test_peer_against_flower_simulation(bench) -> None:
+def test_peer_runs_both_engines(bench, monkeypatch: pytest.MonkeyPatch) -> None:
+    """One workload of --quick (each side is a fresh process, Flower's with Ray: about 25 s each)."""
+    from benchmarks import peer
+
+    monkeypatch.setattr(peer, "QUICK_WORKLOADS", {"overhead": peer.QUICK_WORKLOADS["overhead"]})
     code, out = bench("peer", "--quick")
     assert code == 0
-    runs = load(out, "peer")["results"]
-    for side in ("fedcustom", "flower"):
-        assert len(runs[side]) == 1
-        assert len(runs[side][0]["round_s"]) == 2 and runs[side][0]["tree_peak_pss_mb"] > 0
+    result = load(out, "peer")
+    assert result["settings"]["engines"] == ["simulation", "flower-simulation"]
+    r = result["results"]["overhead"]
+    assert r["same_metrics"]  # the same config gives the same numbers on both engines
+    for engine in ("simulation", "flower-simulation"):
+        run = r["runs"][engine][0]
+        assert len(run["round_s"]) == 2 and run["steady_round_s"] == run["round_s"][1]
+        assert run["setup_s"] > 0 and run["tree_peak_pss_mb"] > 0
+    assert set(result["ratios"]) == {f"overhead_{name}_flower_over_simulation" for name in (
+        "steady_round", "setup", "wall", "tree_cpu", "peak_memory")}
+
+
+def test_peer_setup_and_steady_state_from_the_records(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.syspath_prepend(str(ROOT))
+    from benchmarks import peer
+
+    r = peer.summarize({"round_s": [9.0, 2.0, 4.0, 3.0]}, process_wall=30.0)
+    assert r["steady_round_s"] == 3.0  # the median of rounds 2..R
+    assert r["first_round_extra_s"] == 6.0 and r["setup_s"] == 12.0
 
 
 @pytest.fixture
