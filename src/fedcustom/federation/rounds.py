@@ -5,8 +5,9 @@ serialized payloads) and the round's Instructions, and bring back Replies. The s
 side of a round (sampling, faults, screening, aggregation, evaluation, the record) is one function,
 `run_rounds`, for every engine; an engine only says how a round's clients are reached
 (`train_clients`), and every client does its work through `client_update`. An engine hands each
-reply to the round as soon as it has it (`Receive`), and the round takes its payload then
-(federation/inbox.py), so a round's memory does not grow with its clients' payloads.
+reply to the round as soon as it has it (`Receive`): the round parses its payload then and drops
+the bytes, and keeps the updates beyond a memory budget on disk until aggregated
+(federation/inbox.py), so past that budget a round's memory does not grow with its clients.
 """
 
 from __future__ import annotations
@@ -112,7 +113,8 @@ class Failure:
 class Reply:
     """What the server got from one client in a round: an update, or the reason there is none."""
 
-    update: bytes | None = None  # the serialized state (None under secure aggregation)
+    # the serialized state (None under secure aggregation, and once the round has taken it: Receive)
+    update: bytes | None = None
     local: LocalResult | None = None
     examples: int = 0  # the weight of the update (the client's number of training examples)
     failure: Failure | None = None  # the client failed
