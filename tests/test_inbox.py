@@ -90,7 +90,8 @@ def test_the_inbox_keeps_updates_within_its_budget_and_spills_the_rest(folders) 
         assert inbox.spilled == 2 and len(folders) == 1
         assert sorted(p.name for p in folders[0].iterdir()) == ["2.safetensors", "3.safetensors"]
         for cid, update in inbox.updates.items():
-            assert update.examples == cid + 1 and torch.equal(update.state["w"], torch.full((100,), float(cid)))
+            assert update.examples == cid + 1
+            assert torch.equal(update.state["w"], torch.full((100,), float(cid)))
         assert inbox.unreadable[9].startswith("not a safetensors payload")
     assert not folders[0].exists() and inbox.updates == {}
 

@@ -236,7 +236,8 @@ def test_a_round_rejects_an_unreadable_update_and_goes_on(tiny_config, monkeypat
         return run_rounds(job, train)
 
     monkeypatch.setattr(simulation, "run_rounds", damaging)
-    cfg = tiny_config(partition={"num_clients": 5}, modes=["federated"], federation={"update_memory_mb": memory})
+    cfg = tiny_config(partition={"num_clients": 5}, modes=["federated"],
+                      federation={"update_memory_mb": memory})
     records = run_experiment(cfg, log=lambda *_: None)["federated"].records
     for r in records[1:]:
         reasons = {x["client"]: x["reason"] for x in r["rejected"]}
