@@ -1,11 +1,19 @@
-"""Scale: seconds per round and peak memory for 10, 100 and 1000 simulated clients (prefix-tuning).
+"""Scale: seconds per round and peak memory for 10, 100, 1000 (and 10,000) simulated clients
+(prefix-tuning).
 
 Each point is a real `run_experiment` in a fresh process (so its peak memory is its own): IID
 partition, a few examples per client, one local step per client per round (batch size = the
 client's examples), a 64-example test set evaluated after every round, records and checkpoints
 written. The in-process engine holds ONE base model; a client is only (its rows, the state it
-receives), so memory should grow with clients x the small exchanged state (the round keeps every
-client's update until aggregation), never with copies of the model.
+receives). The round takes each client's payload as it arrives and keeps the updates in memory up
+to federation.update_memory_mb (default 256 MB of payloads), the rest on disk until aggregated
+(federation/inbox.py): past that budget, memory should stop growing with the number of clients,
+and never grow with copies of the model.
+
+Every client holds rows of its own: a point uses min(4, training rows // clients) examples per
+client (2 with --quick), never a row twice. rotten-tomatoes has 10,202 training rows, so 10,000
+clients hold one example each (batch 1: less work per client than the other points, the same
+298 KB state); the JSON records each point's examples_per_client.
 
 With `--workers 1,2` every client count runs once per worker count (config `workers`: forked
 processes that share the base model, one torch thread each); the ratios compare seconds per round
@@ -77,6 +85,7 @@ def point(spec: dict[str, Any]) -> dict[str, Any]:
     model_mb = sum(p.numel() * p.element_size() for p in backbone.parameters()) / 2**20
     return {
         "clients": n,
+        "examples_per_client": per_client,
         "sampled_per_round": rounds[0]["clients"],
         "round_seconds": [r["round_seconds"] for r in rounds],
         "client_seconds": [r["client_seconds"] for r in rounds],
@@ -105,26 +114,49 @@ def numbers_digest(records: list[dict[str, Any]], state: dict[str, Any]) -> str:
     return h.hexdigest()
 
 
+def training_rows(opts: Options) -> int:
+    """Rows of the training split of the benchmark's dataset (with the user's --set), uncapped."""
+    from fedcustom.data.datasets import load_task_data
+
+    cfg = experiment_config(opts, [])
+    return len(load_task_data(dataclasses.replace(cfg.data, max_train_examples=0)).train)
+
+
+def examples_per_client(wanted: int, rows: int, clients: int) -> int:
+    """As many as `wanted` examples per client, fewer where `rows` cannot give every client that
+    many rows of its own; a UserError where they cannot give each one (rows are never shared)."""
+    from fedcustom.core.errors import UserError
+
+    if rows < clients:
+        raise UserError(f"scale: {clients:,} clients need at least one training row each; the dataset "
+                        f"has {rows:,} (a row held by two clients would make them share data)")
+    return min(wanted, rows // clients)
+
+
 def run(opts: Options) -> dict[str, float]:
     one_thread()
-    per_client = 2 if opts.quick else 4
+    wanted = 2 if opts.quick else 4
+    rows = training_rows(opts)
     rounds = 1
     points = []
     for n in opts.clients:
+        per_client = examples_per_client(wanted, rows, n)
         # --quick trains at most 10 clients a round (all 1000 are still simulated and sampled from)
         fraction = min(1.0, 10 / n) if opts.quick else 1.0
         for workers in opts.workers:
             spec = {"model": opts.model, "overrides": opts.overrides, "clients": n,
                     "examples_per_client": per_client, "rounds": rounds, "fraction_fit": fraction,
                     "workers": workers}
-            p = run_point("scale", spec)
+            # about 0.1 CPU s per client here: a 10,000-client point is far longer than the default
+            p = run_point("scale", spec, timeout=1800 + 0.3 * n * rounds * fraction)
             p["seconds_per_round"] = sum(p["round_seconds"]) / len(p["round_seconds"])
             p["seconds_per_client"] = p["seconds_per_round"] / p["sampled_per_round"]
             p["cpu_seconds_per_round"] = sum(p["round_cpu_seconds"]) / len(p["round_cpu_seconds"])
             p["cpu_seconds_per_client"] = p["cpu_seconds_per_round"] / p["sampled_per_round"]
             p["growth_mb"] = p["peak_rss_mb"] - p["rss_after_setup_mb"]
             points.append(p)
-            print(f"scale: {n:5d} clients ({p['sampled_per_round']} trained), {workers} worker(s): "
+            print(f"scale: {n:5d} clients ({p['sampled_per_round']} trained, {per_client} examples each), "
+                  f"{workers} worker(s): "
                   f"{p['seconds_per_round']:.1f} s/round, "
                   f"{p['cpu_seconds_per_client'] * 1000:.0f} CPU ms/client, "
                   f"peak RSS {p['peak_rss_mb']:.0f} MB "
@@ -134,7 +166,10 @@ def run(opts: Options) -> dict[str, float]:
     worker_ratios, same = compare_workers(points, opts.workers)
     ratios |= worker_ratios
     settings = {"model": opts.model, "method": "prefix", "clients": list(opts.clients),
-                "workers": list(opts.workers), "examples_per_client": per_client, "rounds": rounds,
+                "workers": list(opts.workers), "training_rows": rows,
+                # per point: min(wanted, training_rows // clients), every row held by one client only
+                "examples_per_client": [p["examples_per_client"] for p in points], "rounds": rounds,
+                "update_memory_mb": experiment_config(opts, []).federation.update_memory_mb,
                 "fraction_fit": [p["sampled_per_round"] / p["clients"] for p in points],
                 "threads": 1, "overrides": opts.overrides}
     notes = __doc__.split("\n\n", 1)[1].strip()

@@ -129,7 +129,20 @@ def test_scale_point_measures_one_run(tiny_model_dir: Path, sentiment_csv: Path,
     # pages, seen after this process had forked workers in an earlier test)
     assert p["peak_rss_mb"] + 1 >= p["rss_after_setup_mb"] > 0 and p["base_model_mb"] > 0
     assert len(p["round_seconds"]) == 1 and p["state_bytes_per_client"] > 0
-    assert p["workers"] == 1 and len(p["numbers_digest"]) == 64
+    assert p["workers"] == 1 and len(p["numbers_digest"]) == 64 and p["examples_per_client"] == 2
+
+
+def test_scale_never_gives_two_clients_the_same_row(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Each client holds rows of its own: fewer examples per client where the dataset is short,
+    an error where it cannot give every client one."""
+    monkeypatch.syspath_prepend(str(ROOT))
+    from benchmarks import scale
+    from fedcustom.core.errors import UserError
+
+    assert [scale.examples_per_client(4, 10_202, n) for n in (10, 1000, 3000, 10_000)] == [4, 4, 3, 1]
+    with pytest.raises(UserError, match="20,000 clients need at least one training row each; the "
+                                        "dataset has 10,202"):
+        scale.examples_per_client(4, 10_202, 20_000)
 
 
 def test_scale_compares_worker_counts(monkeypatch: pytest.MonkeyPatch) -> None:
@@ -155,6 +168,9 @@ def test_scale_runs_each_point_in_its_own_process(bench) -> None:
     assert code == 0
     points = load(out, "scale")["results"]["points"]
     assert [p["clients"] for p in points] == [2, 8]
+    settings = load(out, "scale")["settings"]
+    assert settings["examples_per_client"] == [2, 2] and settings["training_rows"] == 96
+    assert settings["update_memory_mb"] == 256.0
     for p in points:
         assert p["peak_rss_mb"] > p["base_model_mb"] > 0 and p["tree_peak_pss_mb"] > 0
         assert p["seconds_per_round"] > 0 and p["state_bytes_per_client"] > 0

@@ -207,7 +207,8 @@ def test_unpack_refuses_oversized_and_malformed_payloads_before_parsing() -> Non
         unpack(good[: len(good) // 2], 1000)
 
 
-def test_a_round_rejects_an_unreadable_update_and_goes_on(tiny_config, monkeypatch) -> None:
+@pytest.mark.parametrize("memory", [256.0, 0.0], ids=["in-memory", "spilled"])
+def test_a_round_rejects_an_unreadable_update_and_goes_on(tiny_config, monkeypatch, memory) -> None:
     """A client whose bytes are garbage or oversized, whose state does not fit the global one or
     who claims no examples is recorded as rejected with the reason; the other clients' updates are
     aggregated. (The in-process engine always sends good bytes: the clients' replies are damaged
@@ -218,19 +219,25 @@ def test_a_round_rejects_an_unreadable_update_and_goes_on(tiny_config, monkeypat
     from fedcustom.runs.experiment import run_experiment
 
     def damaging(job, train_clients):
-        def train(server_round, down, cids, instructions):
-            answers = train_clients(server_round, down, cids, instructions)
-            answers.replies[0].update = b"not safetensors"
-            answers.replies[1].update = b"\0" * (payload_limit(len(down)) + 1)
-            state = deserialize(answers.replies[2].update)
-            key = sorted(state)[0]
-            answers.replies[2].update = serialize({**state, key: state[key].reshape(-1)})
-            answers.replies[3].examples = 0
-            return answers
+        def train(server_round, down, cids, instructions, receive):
+            def damage(cid, reply):  # on its way from the engine to the round
+                if cid == 0:
+                    reply.update = b"not safetensors"
+                elif cid == 1:
+                    reply.update = b"\0" * (payload_limit(len(down)) + 1)
+                elif cid == 2:
+                    state = deserialize(reply.update)
+                    key = sorted(state)[0]
+                    reply.update = serialize({**state, key: state[key].reshape(-1)})
+                elif cid == 3:
+                    reply.examples = 0
+                return receive(cid, reply)
+            return train_clients(server_round, down, cids, instructions, damage)
         return run_rounds(job, train)
 
     monkeypatch.setattr(simulation, "run_rounds", damaging)
-    cfg = tiny_config(partition={"num_clients": 5}, modes=["federated"])
+    cfg = tiny_config(partition={"num_clients": 5}, modes=["federated"],
+                      federation={"update_memory_mb": memory})
     records = run_experiment(cfg, log=lambda *_: None)["federated"].records
     for r in records[1:]:
         reasons = {x["client"]: x["reason"] for x in r["rejected"]}

@@ -198,10 +198,16 @@ class FederationConfig:
     save_every: int = opt(
         0, "also export the adapter every this many rounds, into <mode>/snapshots/round-NNNN "
            "(federated and centralized modes; 0: only the final adapter)")
+    update_memory_mb: float = opt(
+        256.0, "MB of a round's client updates (payload bytes) the server keeps in memory until they are "
+               "aggregated; the others wait in a folder of the system temp dir (TMPDIR: keep it on disk, "
+               "not tmpfs) and are read back one tensor at a time, with the same numbers; the folder "
+               "goes when the round ends (0: every update to disk)")
 
     def __post_init__(self) -> None:
         check(self.rounds >= 1, "rounds", "an integer >= 1")
         check(self.save_every >= 0, "save_every", "an integer >= 0")
+        check(self.update_memory_mb >= 0, "update_memory_mb", "a number >= 0")
         check(self.eval_every >= 1, "eval_every", "an integer >= 1")
         check(self.centralized_patience >= 0, "centralized_patience", "an integer >= 0")
         check(self.local_clients >= 0, "local_clients", "an integer >= 0")

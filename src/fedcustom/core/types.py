@@ -3,6 +3,7 @@ to do, what it reports, and what a strategy aggregates."""
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 import torch
@@ -58,9 +59,11 @@ class LocalResult:
 
 @dataclass(frozen=True)
 class Update:
-    """One entry a strategy aggregates: a state and its weight (the examples behind it)."""
+    """One entry a strategy aggregates: a state and its weight (the examples behind it). The state
+    is read-only: a dict, or a state kept on disk while its round lasts (core.payload.StateFile,
+    federation/inbox.py), which reads a tensor per lookup, so read it key by key."""
 
-    state: State
+    state: Mapping[str, torch.Tensor]
     examples: int
 
 

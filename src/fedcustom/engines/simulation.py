@@ -19,8 +19,8 @@ from fedcustom.core.payload import deserialize
 from fedcustom.core.registry import ENGINES
 from fedcustom.core.types import Instructions, State
 from fedcustom.engines.base import Engine
-from fedcustom.engines.workers import WorkerPool, cores, train_here
-from fedcustom.federation.rounds import Clients, Job, RoundReplies, run_rounds
+from fedcustom.engines.workers import WorkerPool, cores, train_each
+from fedcustom.federation.rounds import Clients, Job, Receive, RoundReplies, run_rounds
 
 
 @ENGINES.register("simulation")
@@ -39,10 +39,11 @@ class SimulationEngine(Engine):
             with WorkerPool(clients, size) as pool:
                 return run_rounds(job, pool.train_clients)
 
-        def train_clients(server_round: int, down: bytes, cids: list[int],
-                          instructions: Instructions) -> RoundReplies:
+        def train_clients(server_round: int, down: bytes, cids: list[int], instructions: Instructions,
+                          receive: Receive) -> RoundReplies:
             state = deserialize(down)  # what every client receives
-            return RoundReplies(train_here(clients, server_round, state, cids, instructions))
+            each = train_each(clients, server_round, state, cids, instructions)
+            return RoundReplies({cid: receive(cid, reply) for cid, reply in each})  # as each is done
 
         return run_rounds(job, train_clients)
 

@@ -5,9 +5,11 @@ and evaluated: each worker sees the server's `Clients` (the frozen base model, t
 every client's rows) copy-on-write, so nothing of them is pickled and the base model's memory is
 shared (its weights are only read). Each round a worker receives (round, the serialized global
 state, its clients, the instructions) and answers with a Reply per client made exactly as in the
-server's process (`train_here`). A client's work depends only on what it receives and on its seed
+server's process (`train_each`). A client's work depends only on what it receives and on its seed
 (fit_context), and the server takes the replies in the order of the clients asked, so the numbers
-are those of one process.
+are those of one process. A worker sends each client's reply as soon as that client is done, and
+the server hands it to the round at once (rounds.Receive): neither side holds a round's payloads,
+which with many clients would be the largest thing in memory.
 
 Each worker computes on ONE torch thread: GNU OpenMP (torch's CPU threads) is not fork-safe, and
 a forked process that runs more than one OpenMP thread after its parent did hangs. Pipes carry
@@ -24,6 +26,7 @@ import os
 import pickle
 import signal
 import traceback
+from collections.abc import Iterator
 from contextlib import suppress
 from multiprocessing.connection import Connection, wait
 from multiprocessing.process import BaseProcess
@@ -40,6 +43,7 @@ from fedcustom.core.types import Instructions, State
 from fedcustom.federation.rounds import (
     Clients,
     Failure,
+    Receive,
     Reply,
     RoundFailed,
     RoundReplies,
@@ -48,19 +52,20 @@ from fedcustom.federation.rounds import (
 )
 
 
-def train_here(clients: Clients, server_round: int, state: State, cids: list[int],
-               instructions: Instructions) -> dict[int, Reply]:
-    """Clients `cids`, one after another in this process, each from the global `state`."""
-    replies = {}
+def train_each(clients: Clients, server_round: int, state: State, cids: list[int],
+               instructions: Instructions) -> Iterator[tuple[int, Reply]]:
+    """Clients `cids`, one after another in this process, each from the global `state`: each
+    client's reply as soon as it is done (whoever consumes it decides what to keep)."""
     for cid in cids:
         ctx = fit_context(clients.seed, server_round, cid, instructions)
         try:
             update, local = client_update(clients, state, ctx)
         except Exception as e:  # noqa: BLE001 - a failing client must not end the round
-            replies[cid] = Reply(failure=Failure(repr(e), e))
+            yield cid, Reply(failure=Failure(repr(e), e))
             continue
-        replies[cid] = Reply(serialize(update), local, len(clients.rows[cid]))
-    return replies
+        payload = serialize(update)
+        del update  # its tensors go before the consumer takes the bytes
+        yield cid, Reply(payload, local, len(clients.rows[cid]))
 
 
 def cores() -> int:
@@ -101,18 +106,18 @@ def portable(e: Exception) -> Exception:
         return UserError(str(e)) if isinstance(e, UserError) else RuntimeError(repr(e))
 
 
-def answer(clients: Clients, task: tuple[int, bytes, list[int], Instructions]) -> tuple[str, Any]:
-    """A worker's message for one round: ("replies", [(cid, reply, traceback or None), ...])."""
+def answers(clients: Clients, task: tuple[int, bytes, list[int], Instructions]) -> Iterator[tuple[str, Any]]:
+    """A worker's messages for one round: ("reply", (cid, reply, traceback or None)) for each client
+    as soon as it is done, then ("done", None)."""
     server_round, down, cids, instructions = task
-    answers = []
-    for cid, reply in train_here(clients, server_round, deserialize(down), cids, instructions).items():
+    for cid, reply in train_each(clients, server_round, deserialize(down), cids, instructions):
         failure, tb = reply.failure, None
         if failure is not None and failure.exception is not None:
             exc = failure.exception
             tb = "".join(traceback.format_exception(type(exc), exc, exc.__traceback__))
             reply.failure = Failure(failure.message, portable(exc))
-        answers.append((cid, reply, tb))
-    return "replies", answers
+        yield "reply", (cid, reply, tb)
+    yield "done", None
 
 
 def serve(clients: Clients, conn: Connection, inherited: list[Connection]) -> None:
@@ -131,16 +136,27 @@ def serve(clients: Clients, conn: Connection, inherited: list[Connection]) -> No
             return
         if task is None:
             return
+        if not send_each(conn, answers(clients, task)):
+            return
+
+
+def send_each(conn: Connection, messages: Iterator[tuple[str, Any]]) -> bool:
+    """Send a round's messages as they come, through "done" or the first "error"; False when the
+    server is gone."""
+    while True:
         try:
-            message = answer(clients, task)
+            message = next(messages)
         except Exception:  # noqa: BLE001 - the worker itself failed: the server raises it
             message = ("error", traceback.format_exc())
         try:
             conn.send(message)
         except OSError:  # the server is gone
-            return
+            return False
         except Exception:  # noqa: BLE001 - a reply that cannot be pickled
-            conn.send(("error", traceback.format_exc()))
+            message = ("error", traceback.format_exc())
+            conn.send(message)
+        if message[0] in ("done", "error"):
+            return True
 
 
 class WorkerPool:
@@ -166,7 +182,7 @@ class WorkerPool:
                 self.workers.append((process, here))
 
     def train_clients(self, server_round: int, down: bytes, cids: list[int],
-                      instructions: Instructions) -> RoundReplies:
+                      instructions: Instructions, receive: Receive) -> RoundReplies:
         if not self.workers:
             self.start()
         shares = assign(cids, [len(rows) for rows in self.clients.rows], self.size)
@@ -190,8 +206,11 @@ class WorkerPool:
                     if kind == "error":
                         raise RuntimeError(f"round {server_round}: simulation worker {process.pid} "
                                            f"failed:\n{body}")
-                    got.update(received(body))
-                    del busy[conn]
+                    if kind == "done":
+                        del busy[conn]
+                    else:  # one client's reply, handed to the round as it comes
+                        cid, reply = received(*body)
+                        got[cid] = receive(cid, reply)
                 elif process.sentinel in ready:
                     raise self.died(process, server_round, share)
         return RoundReplies({cid: got[cid] for cid in cids})  # in the order asked, as in process
@@ -238,11 +257,8 @@ def signal_name(number: int) -> str:
         return str(number)
 
 
-def received(answers: list[tuple[int, Reply, str | None]]) -> dict[int, Reply]:
-    """A worker's replies, each failure's exception carrying the traceback it had there."""
-    replies = {}
-    for cid, reply, tb in answers:
-        if tb is not None and reply.failure is not None and reply.failure.exception is not None:
-            reply.failure.exception.__cause__ = WorkerTraceback(tb)
-        replies[cid] = reply
-    return replies
+def received(cid: int, reply: Reply, tb: str | None) -> tuple[int, Reply]:
+    """A worker's reply, a failure's exception carrying the traceback it had there."""
+    if tb is not None and reply.failure is not None and reply.failure.exception is not None:
+        reply.failure.exception.__cause__ = WorkerTraceback(tb)
+    return cid, reply

@@ -4,15 +4,19 @@ Engines (engines/) know nothing of a method's internals: they move the method's 
 serialized payloads) and the round's Instructions, and bring back Replies. The server's
 side of a round (sampling, faults, screening, aggregation, evaluation, the record) is one function,
 `run_rounds`, for every engine; an engine only says how a round's clients are reached
-(`train_clients`), and every client does its work through `client_update`.
+(`train_clients`), and every client does its work through `client_update`. An engine hands each
+reply to the round as soon as it has it (`Receive`): the round parses its payload then and drops
+the bytes, and keeps the updates beyond a memory budget on disk until aggregated
+(federation/inbox.py), so past that budget a round's memory does not grow with its clients.
 """
 
 from __future__ import annotations
 
 import contextlib
+import functools
 import resource
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Collection
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -21,15 +25,16 @@ import numpy as np
 from torch import nn
 from tqdm.auto import tqdm
 
-from fedcustom.core.config import TrainConfig
+from fedcustom.core.config import FederationConfig, TrainConfig
 from fedcustom.core.device import model_device, peak_memory_mb, reset_peak_memory
 from fedcustom.core.errors import UserError
 from fedcustom.core.log import bars_off
-from fedcustom.core.payload import deserialize, serialize, unpack
+from fedcustom.core.payload import deserialize, serialize
 from fedcustom.core.types import FitContext, Instructions, LocalResult, State, Update
 from fedcustom.data.batching import Encoded
 from fedcustom.federation.attacks import Attack
 from fedcustom.federation.faults import Faults
+from fedcustom.federation.inbox import Inbox
 from fedcustom.federation.screening import SECURE_MEAN, Sender, screen_updates
 from fedcustom.methods.base import Method
 from fedcustom.methods.training import lr_scale
@@ -77,6 +82,8 @@ class Job:
     start_round: int = 0
     initial_state: State | None = None  # None: the model's current state
     max_norm_factor: float = 10.0  # see screening.screen_updates
+    # MB of a round's client payloads the server keeps in memory; the rest wait on disk (inbox.py)
+    update_memory_mb: float = FederationConfig.update_memory_mb
     min_clients: int = 0  # a round with fewer updates than this fails the run (0: no minimum)
     eval_every: int = 1  # evaluate after every this many rounds (and always after the last)
     # stop once val_accuracy has not improved for this many evaluations (0: never); `history` holds
@@ -106,7 +113,8 @@ class Failure:
 class Reply:
     """What the server got from one client in a round: an update, or the reason there is none."""
 
-    update: bytes | None = None  # the serialized state (None under secure aggregation)
+    # the serialized state (None under secure aggregation, and once the round has taken it: Receive)
+    update: bytes | None = None
     local: LocalResult | None = None
     examples: int = 0  # the weight of the update (the client's number of training examples)
     failure: Failure | None = None  # the client failed
@@ -133,8 +141,12 @@ class RoundReplies:
     secure_mean: SecureMean | None = None
 
 
-# (server round, serialized global state, clients to train, the round's instructions) -> replies
-TrainClients = Callable[[int, bytes, list[int], Instructions], RoundReplies]
+# An engine calls this with each client's reply as soon as it has it, and keeps what it returns:
+# the same reply, its payload taken by the round (its size left in `sent`).
+Receive = Callable[[int, Reply], Reply]
+# (server round, serialized global state, clients to train, the round's instructions, where each
+# reply goes) -> replies
+TrainClients = Callable[[int, bytes, list[int], Instructions, Receive], RoundReplies]
 
 
 class RoundFailed(UserError):
@@ -200,6 +212,39 @@ def payload_limit(down: int) -> int:
     return 2 * down + 65536
 
 
+def take(inbox: Inbox, late: Collection[int], cid: int, reply: Reply) -> Reply:
+    """A round's Receive: client `cid`'s payload goes into `inbox`, unless the round will not use
+    it (the client failed, was late or sent something the engine refused); the reply keeps only
+    the payload's size, so no client's bytes outlive the moment they arrive."""
+    payload = reply.update
+    if payload is None:
+        return reply
+    reply.update = None
+    if reply.sent is None:
+        reply.sent = len(payload)
+    if reply.local is not None and reply.refused is None and cid not in late:
+        inbox.add(cid, payload, reply.examples)
+    return reply
+
+
+def collect(inbox: Inbox, reported: dict[int, Reply], secure: SecureMean | None
+            ) -> tuple[dict[Sender, Update], dict[int, str]]:
+    """The round's updates by sender, in client order, and why the other reported clients' updates
+    are unreadable: what `inbox` took of their replies (under secure aggregation, the one mean)."""
+    updates: dict[Sender, Update] = {}
+    unreadable: dict[int, str] = {}
+    for cid, r in reported.items():
+        if r.refused is not None:
+            unreadable[cid] = r.refused
+        elif cid in inbox.unreadable:
+            unreadable[cid] = inbox.unreadable[cid]
+        elif cid in inbox.updates:
+            updates[cid] = inbox.updates[cid]
+    if secure is not None:  # the clients' updates arrived only as their mean
+        updates = {SECURE_MEAN: Update(deserialize(secure.update), secure.examples)}
+    return updates, unreadable
+
+
 def stalled(records: list[dict[str, Any]], patience: int) -> bool:
     """Early stopping: the last `patience` evaluations of val_accuracy all came after its best."""
     values = [r["val_accuracy"] for r in records if "val_accuracy" in r]
@@ -236,42 +281,40 @@ def run_rounds(job: Job, train_clients: TrainClients) -> State:
             Instructions(lr_scale(clients.train, server_round, job.rounds), clients=len(sampled)))
         on_time, dropped, late = clients.faults.split(server_round, sampled)
         asked = sorted(on_time + late)  # a client that dropped out is sent nothing
-        answers = train_clients(server_round, down, asked, instructions)
-        replies, secure = answers.replies, answers.secure_mean
-        missing = [cid for cid, r in replies.items() if r.missing]
-        failed = {cid: r.failure for cid, r in replies.items() if r.failure is not None}
-        trained = {cid: r for cid, r in replies.items() if r.local is not None}
-        reported = {cid: r for cid, r in sorted(trained.items()) if cid not in late}
-        updates: dict[Sender, Update] = {}
-        unreadable: dict[int, str] = {}
-        for cid, r in reported.items():
-            if r.refused is not None:
-                unreadable[cid] = r.refused
-            elif r.update is not None:  # a client's bytes are parsed only within a size limit
-                try:
-                    updates[cid] = Update(unpack(r.update, payload_limit(len(down))), r.examples)
-                except ValueError as e:
-                    unreadable[cid] = str(e)
-        if secure is not None:  # the clients' updates arrived only as their mean
-            updates = {SECURE_MEAN: Update(deserialize(secure.update), secure.examples)}
-        arrived = len(secure.clients) if secure is not None else len(updates)
-        if replies and len(failed) == len(replies):  # a systematic error, not a client fault
-            first = next(iter(failed.values()))
-            raise first.exception or RoundFailed(
-                f"round {server_round}: every client failed: {first.message}")
-        if arrived < job.min_clients:
-            raise RoundFailed(f"round {server_round}: {arrived} update(s) arrived, fewer than "
-                              f"federation.min_clients = {job.min_clients} (missing clients: {missing}); "
-                              "the last round is checkpointed: `fedcustom run --resume RUN_DIR` goes on")
-        accepted, rejected = screen_updates(state, updates, job.max_norm_factor)
-        rejected += [{"client": cid, "reason": f"client failed: {f.message}"} for cid, f in failed.items()]
-        rejected += [{"client": cid, "reason": f"unreadable update: {e}"} for cid, e in unreadable.items()]
-        rejected.sort(key=lambda r: (isinstance(r["client"], str), r["client"]))
-        if accepted:  # otherwise the global state (and the strategy's own state) stays as it was
-            state = job.strategy.aggregate(state, accepted)
-            method.adopt(model, state)
-        else:
-            method.set_state(model, state)
+        # a client's bytes are parsed only within a size limit, as they arrive; the updates are
+        # kept until aggregated, beyond the memory budget on disk, and the disk is freed after
+        with Inbox(payload_limit(len(down)), int(job.update_memory_mb * 2**20)) as inbox:
+            answers = train_clients(server_round, down, asked, instructions,
+                                    functools.partial(take, inbox, set(late)))
+            replies, secure = answers.replies, answers.secure_mean
+            missing = [cid for cid, r in replies.items() if r.missing]
+            failed = {cid: r.failure for cid, r in replies.items() if r.failure is not None}
+            trained = {cid: r for cid, r in replies.items() if r.local is not None}
+            reported = {cid: r for cid, r in sorted(trained.items()) if cid not in late}
+            updates, unreadable = collect(inbox, reported, secure)
+            arrived = len(secure.clients) if secure is not None else len(updates)
+            if replies and len(failed) == len(replies):  # a systematic error, not a client fault
+                first = next(iter(failed.values()))
+                raise first.exception or RoundFailed(
+                    f"round {server_round}: every client failed: {first.message}")
+            if arrived < job.min_clients:
+                raise RoundFailed(f"round {server_round}: {arrived} update(s) arrived, fewer than "
+                                  f"federation.min_clients = {job.min_clients} (missing clients: "
+                                  f"{missing}); the last round is checkpointed: `fedcustom run --resume "
+                                  "RUN_DIR` goes on")
+            accepted, rejected = screen_updates(state, updates, job.max_norm_factor)
+            rejected += [{"client": cid, "reason": f"client failed: {f.message}"}
+                         for cid, f in failed.items()]
+            rejected += [{"client": cid, "reason": f"unreadable update: {e}"}
+                         for cid, e in unreadable.items()]
+            rejected.sort(key=lambda r: (isinstance(r["client"], str), r["client"]))
+            if accepted:  # otherwise the global state (and the strategy's own state) stays as it was
+                state = job.strategy.aggregate(state, accepted)
+                method.adopt(model, state)
+            else:
+                method.set_state(model, state)
+            n_accepted = arrived if secure is not None and accepted else len(accepted)
+            del updates, accepted  # the evaluation runs without the round's updates in memory
         metrics = job.evaluate(model) if job.evaluates(server_round) else {}
         examples = sum(r.examples for r in reported.values())
         record = {
@@ -284,7 +327,7 @@ def run_rounds(job: Job, train_clients: TrainClients) -> State:
             "dropped": dropped,
             "late": late,
             "missing": missing,
-            "accepted": arrived if secure is not None and accepted else len(accepted),
+            "accepted": n_accepted,
             "rejected": rejected,
             "bytes_down": len(down) * len(asked),
             "bytes_up": sum(r.sent if r.sent is not None else len(r.update or b"")

@@ -187,6 +187,7 @@ def execute(cfg: ExperimentConfig, resume_dir: Path | None, log: Any,
             job = Job(clients, strategy, cfg.federation.rounds, fraction, evaluate, on_round, label=mode,
                       start_round=start, initial_state=state, max_norm_factor=cfg.federation.max_norm_factor,
                       min_clients=cfg.federation.min_clients if mode == "federated" else 0,
+                      update_memory_mb=cfg.federation.update_memory_mb,
                       eval_every=cfg.federation.eval_every if mode == "federated" else 1,
                       patience=cfg.federation.centralized_patience if mode == "centralized" else 0,
                       history=list(ckpt.records) if ckpt is not None else [])

@@ -7,6 +7,7 @@ optimizer state it keeps (exposed through state_dict/load_state_dict for checkpo
 from __future__ import annotations
 
 from abc import ABC, abstractmethod
+from collections.abc import Iterable
 from typing import Any, ClassVar
 
 import torch
@@ -56,14 +57,16 @@ class Strategy(ABC):
         return None
 
 
-def weighted_mean(updates: list[Update]) -> State:
-    """Example-weighted mean of client states, accumulated in float64 for exactness."""
+def weighted_mean(updates: list[Update], keys: Iterable[str] | None = None) -> State:
+    """Example-weighted mean of client states (of `keys`, else of every key of the first state),
+    accumulated in float64 for exactness. It reads key by key, one client's tensor at a time (an
+    update may be on disk: federation/inbox.py)."""
     if not updates:
         raise ValueError("cannot aggregate zero client results")
     total = float(sum(u.examples for u in updates))
     first = updates[0].state
     out = {}
-    for key in first:
+    for key in first if keys is None else keys:
         acc = sum(u.state[key].double() * (u.examples / total) for u in updates)
         out[key] = acc.to(first[key].dtype)  # type: ignore[union-attr]
     return out
@@ -79,7 +82,7 @@ def owned_mean(global_state: State, updates: list[Update]) -> State:
     if not updates:
         raise ValueError("cannot aggregate zero client results")
     plain = [k for k in global_state if not is_owned_key(k) and owned_key(k) not in global_state]
-    mean = weighted_mean([Update({k: u.state[k] for k in plain}, u.examples) for u in updates])
+    mean = weighted_mean(updates, plain)
     out = {}
     for key, old in global_state.items():
         if key in mean or is_owned_key(key):

@@ -41,6 +41,7 @@ from fedcustom.engines.flower.secagg import AuditedGrid, secure_round
 from fedcustom.federation.rounds import (
     Failure,
     Job,
+    Receive,
     Reply,
     RoundReplies,
     SecureMean,
@@ -128,7 +129,7 @@ class FlowerEngine(Engine):
         logger.info(f"flower: {len(self.nodes)} of {num_clients} clients connected")
 
         def train_clients(server_round: int, down: bytes, cids: list[int],
-                          instructions: Instructions) -> RoundReplies:
+                          instructions: Instructions, receive: Receive) -> RoundReplies:
             if len(self.nodes) < num_clients:
                 self.discover(num_clients, 0)  # a restarted SuperNode comes back here
             state = deserialize(down)
@@ -150,7 +151,7 @@ class FlowerEngine(Engine):
                     if answer.error.code not in UNREACHABLE:
                         replies[cid] = Reply(failure=Failure(answer.error.reason))
                     continue
-                replies[cid] = read_reply(answer.content, payload_limit(len(down)))
+                replies[cid] = receive(cid, read_reply(answer.content, payload_limit(len(down))))
             return RoundReplies(replies)
 
         return run_rounds(job, train_clients)
