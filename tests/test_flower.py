@@ -123,7 +123,8 @@ def last_round(run_dir: Path) -> int:
 
 
 # A dead SuperNode is noticed at this timeout (or at Flower's heartbeat expiry, 30-60 s after the
-# kill, whichever comes first); a live site answers a round well within it, its first included.
+# kill, whichever comes first). A live site answers well within it on an idle machine (about 3 s a
+# round, 10 s for a restarted site's first); a restarted site must register before the run ends.
 CHAOS_ROUND_TIMEOUT = float(os.environ.get("FEDCUSTOM_CHAOS_ROUND_TIMEOUT", "20"))
 
 
@@ -131,16 +132,17 @@ def test_chaos_on_a_live_federation(tiny_config, tmp_path: Path, monkeypatch: py
                                     capfd: pytest.CaptureFixture) -> None:
     """Three SuperNodes, six rounds. A seeded schedule kills one or two SuperNodes (SIGKILL, with
     everything they started) a random moment after round 1 is recorded, restarts them a random
-    moment after round 2 is recorded, and kills the server (SuperLink and ServerApp) a random moment
-    after the first round in which they took part again; a new deployment resumes the run from its
-    last checkpoint. Events happen after a round is recorded, never at a guessed time, and the test
-    checks only what that makes certain:
+    moment after the next round is recorded, and kills the server (SuperLink and ServerApp) a random
+    moment after the first round in which they took part again; a new deployment resumes the run
+    from its last checkpoint. Events happen after a round is recorded, never at a guessed time, and
+    the test checks only what that makes certain:
 
     - the run completes and records every round once;
-    - a node that was never killed is never missing; a killed node is missing in the round after the
-      one in which it died (it is dead and not yet restarted when that round starts), may be missing
-      in the round in flight when it died (it may have replied first) and until its new SuperNode
-      is found, and is never missing again once it is back (a restarted node is accepted);
+    - a killed node is missing in the rounds that start while it is dead (at least the one after
+      the round in flight when it died: its restart comes later), may be missing in that round in
+      flight (it may have replied first), and takes part again before the server dies (a restarted
+      node is accepted); no other client is missing, but in a round that ran into the round
+      timeout (a slow site on a loaded machine);
     - every round accepted an update from each client it does not list as missing;
     - the final state and every round's numbers equal an uninterrupted in-process run in which
       exactly the clients the records name as missing sat each round out (so the records are right:
@@ -153,7 +155,7 @@ def test_chaos_on_a_live_federation(tiny_config, tmp_path: Path, monkeypatch: py
     killed = sorted(rng.sample(range(nodes), rng.randint(1, nodes - 1)))  # one node always lives
     kill_delay, start_delay, server_delay = (round(rng.uniform(0.0, 1.5), 2) for _ in range(3))
     cfg = tiny_config(engine="flower", modes=["federated"], partition={"num_clients": nodes},
-                      federation={"rounds": rounds, "min_clients": 1},
+                      federation={"rounds": rounds},
                       flower={"round_timeout": CHAOS_ROUND_TIMEOUT, "connect_timeout": 120.0})
     run_dir, began, events = tmp_path / "flower", time.monotonic(), []
 
@@ -182,6 +184,7 @@ def test_chaos_on_a_live_federation(tiny_config, tmp_path: Path, monkeypatch: py
         restarted = note(f"restarted supernodes {killed}")  # read before: round restarted + 1 misses them
         for cid in killed:
             federation.start_supernode(cid)
+
         def returned() -> bool:
             return all(back(cid, restarted) is not None for cid in killed)
 
@@ -205,16 +208,13 @@ def test_chaos_on_a_live_federation(tiny_config, tmp_path: Path, monkeypatch: py
     assert [r["round"] for r in history] == list(range(rounds + 1)), events
     for r in history[1:]:
         assert r["accepted"] == r["clients"] - len(r["missing"]) and r["rejected"] == [], (r, events)
-    for cid in range(nodes):
-        gone = [r for r, who in missing.items() if cid in who]
-        if cid not in killed:
-            assert gone == [], (cid, missing, events)
-            continue
-        came = back(cid, died + 1)
-        assert came is not None and came <= resumed, (cid, missing, events)
-        # missing exactly from (the round in flight at the kill, or the next one) until its return
-        assert set(range(died + 2, came)) <= set(gone) <= set(range(died + 1, came)), (cid, missing, events)
-        assert came > restarted + 1, (cid, missing, events)
+    came = {cid: back(cid, died + 1) for cid in killed}  # the first round after the kill it took part in
+    for cid in killed:  # missing from the round after the one in flight at the kill (or that one) on
+        assert came[cid] is not None and restarted + 1 < came[cid] <= resumed, (cid, missing, events)
+    timed_out = {r["round"] for r in history[1:] if r["round_seconds"] >= CHAOS_ROUND_TIMEOUT}
+    for r, who in missing.items():
+        unexplained = [c for c in who if not (c in killed and died + 1 <= r < came[c])]
+        assert not unexplained or r in timed_out, (r, unexplained, missing, events)
     out = capfd.readouterr()
     logs = [p.read_text(errors="replace") for p in tmp_path.glob("*/*.log")]
     assert not [text for text in [out.out, out.err, *logs] if "Traceback" in text], "a traceback was printed"
@@ -235,7 +235,8 @@ def test_chaos_on_a_live_federation(tiny_config, tmp_path: Path, monkeypatch: py
             "killed_supernodes": killed, "events": events,
             "chaos_events": 2 * len(killed) + 1,  # each killed node's kill and restart, one server kill
             "rounds_recorded": len(history) - 1, "rounds_lost": rounds - (len(history) - 1),
-            "resumed_after_round": resumed, "missing_by_round": missing,
+            "resumed_after_round": resumed, "round_in_flight_at_server_kill_redone": resumed + 1,
+            "missing_by_round": missing, "rounds_that_ran_into_the_timeout": sorted(timed_out),
             "client_rounds_missing": sum(len(m) for m in missing.values()),
             "equal_to_uninterrupted_run": True,
             "max_abs_state_difference": max(float((a[k] - b[k]).abs().max()) for k in a),
