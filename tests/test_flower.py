@@ -128,8 +128,8 @@ def last_round(run_dir: Path) -> int:
 
 
 # A dead SuperNode is noticed at this timeout (or at Flower's heartbeat expiry, 30-60 s after the
-# kill, whichever comes first). A live site answers well within it on an idle machine (about 3 s a
-# round, 10 s for a restarted site's first); a restarted site must register before the run ends.
+# kill, whichever comes first). In the runs of docs/results/chaos (a loaded 2-core machine) a round
+# of live sites took 3-12 s, a restarted site's first included.
 CHAOS_ROUND_TIMEOUT = float(os.environ.get("FEDCUSTOM_CHAOS_ROUND_TIMEOUT", "20"))
 
 
@@ -229,8 +229,8 @@ def test_chaos_on_a_live_federation(tiny_config, tmp_path: Path, monkeypatch: py
     # the uninterrupted run: in process, the clients missing in a round sit it out (they are asked,
     # as Flower asked them, and their updates are dropped: the same bytes down)
     def split(self: Faults, server_round: int, sampled: list[int]) -> tuple[list[int], list[int], list[int]]:
-        out = missing.get(server_round, [])
-        return [c for c in sampled if c not in out], [], [c for c in sampled if c in out]
+        absent = missing.get(server_round, [])
+        return [c for c in sampled if c not in absent], [], [c for c in sampled if c in absent]
 
     monkeypatch.setattr(Faults, "split", split)
     reference = in_process(cfg, tmp_path / "sim")
