@@ -129,7 +129,7 @@ def last_round(run_dir: Path) -> int:
 
 # A dead SuperNode is noticed at this timeout (or at Flower's heartbeat expiry, 30-60 s after the
 # kill, whichever comes first). In the runs of docs/results/chaos (a loaded 2-core machine) a round
-# of live sites took 3-12 s, a restarted site's first included.
+# of live sites took 3-13 s, a restarted site's first included.
 CHAOS_ROUND_TIMEOUT = float(os.environ.get("FEDCUSTOM_CHAOS_ROUND_TIMEOUT", "20"))
 
 
