@@ -92,6 +92,8 @@ class FlowerEngine(Engine):
         self.cfg = config_from_text(deployment.config_text)
         self.grid = AuditedGrid(deployment.grid, self.cfg.flower.audit_dir)
         self.nodes: dict[int, int] = {}  # client id -> Flower node id
+        self.silent: set[int] = set()  # nodes that did not answer the last message sent to them
+        self.replaced: set[int] = set()  # nodes whose client came back as another node: never asked again
 
     def message(self, node: int, kind: str, config: dict[str, Any], arrays: State | None = None) -> Message:
         content = RecordDict({"config": ConfigRecord({
@@ -102,26 +104,45 @@ class FlowerEngine(Engine):
         return Message(content, dst_node_id=node, message_type=kind)
 
     def discover(self, num_clients: int, wait: float) -> None:
-        """Map client ids to SuperNodes: ask every node not yet known which client it is."""
+        """Map client ids to SuperNodes: ask every node not yet known which client it is.
+
+        A restarted SuperNode registers as a new node (a new key, so a new node id) while the
+        SuperLink may still list the dead one as online (until its heartbeat expires, 30-60 s). A
+        new node that claims a known client replaces that client's node when the old one is gone:
+        no longer online, silent at the last message sent to it, or silent when asked now. Only
+        an old node that answers is a second SuperNode with the same client id, an error."""
         grid, deadline = self.grid, time.monotonic() + wait
         while True:
-            unknown = [n for n in grid.get_node_ids() if n not in self.nodes.values()]
+            online = set(grid.get_node_ids())
+            unknown = sorted(online - set(self.nodes.values()) - self.replaced)
             if unknown:
-                for reply in grid.send_and_receive([self.message(n, "query", {}) for n in unknown],
-                                                   timeout=min(60.0, self.cfg.flower.round_timeout)):
+                for reply in self.ask(unknown):
                     if reply.has_error():
                         continue
-                    cid = int(reply.content["metrics"]["client-id"])
+                    cid, node = int(reply.content["metrics"]["client-id"]), reply.metadata.src_node_id
                     if not 0 <= cid < num_clients:
                         raise UserError(f"a SuperNode says it is client {cid}; this federation has "
                                         f"clients 0..{num_clients - 1} (partition.num_clients)")
-                    if cid in self.nodes and self.nodes[cid] != reply.metadata.src_node_id:
-                        raise UserError(f"two SuperNodes say they are client {cid}: give each its own "
-                                        f"--client-id")
-                    self.nodes[cid] = reply.metadata.src_node_id
+                    old = self.nodes.get(cid, node)
+                    if old != node:
+                        if old in online and old not in self.silent and self.answers(old):
+                            raise UserError(f"two SuperNodes say they are client {cid}: give each its "
+                                            f"own --client-id")
+                        logger.info(f"flower: client {cid} is back as a new SuperNode")
+                        self.replaced.add(old)
+                        self.silent.discard(old)
+                    self.nodes[cid] = node
             if len(self.nodes) == num_clients or time.monotonic() >= deadline:
                 return
             time.sleep(0.5)
+
+    def ask(self, nodes: list[int]) -> list[Message]:
+        """Ask nodes which client they are; the replies that came within the query timeout."""
+        return list(self.grid.send_and_receive([self.message(n, "query", {}) for n in nodes],
+                                               timeout=min(60.0, self.cfg.flower.round_timeout)))
+
+    def answers(self, node: int) -> bool:
+        return any(not reply.has_error() for reply in self.ask([node]))
 
     def run(self, job: Job) -> State:
         num_clients = len(job.clients)
@@ -130,11 +151,12 @@ class FlowerEngine(Engine):
 
         def train_clients(server_round: int, down: bytes, cids: list[int],
                           instructions: Instructions, receive: Receive) -> RoundReplies:
-            if len(self.nodes) < num_clients:
-                self.discover(num_clients, 0)  # a restarted SuperNode comes back here
+            # Every round, not only while a client has no node: a restarted SuperNode comes back
+            # as a new node while its client still maps to the dead one (it was never found again).
+            self.discover(num_clients, 0)
             state = deserialize(down)
             if self.cfg.flower.secure_aggregation:
-                return self.secure_round(job, server_round, state, cids, instructions)
+                return self.heard(self.secure_round(job, server_round, state, cids, instructions))
             replies = {cid: Reply(missing=True) for cid in cids}
             sent = {cid: self.message(self.nodes[cid], "train",
                                       {"server-round": server_round, "client-id": cid,
@@ -152,9 +174,16 @@ class FlowerEngine(Engine):
                         replies[cid] = Reply(failure=Failure(answer.error.reason))
                     continue
                 replies[cid] = receive(cid, read_reply(answer.content, payload_limit(len(down))))
-            return RoundReplies(replies)
+            return self.heard(RoundReplies(replies))
 
         return run_rounds(job, train_clients)
+
+    def heard(self, answers: RoundReplies) -> RoundReplies:
+        """Note which asked clients' nodes were silent this round (see discover)."""
+        for cid, reply in answers.replies.items():
+            if cid in self.nodes:
+                (self.silent.add if reply.missing else self.silent.discard)(self.nodes[cid])
+        return answers
 
     def secure_round(self, job: Job, server_round: int, state: State, cids: list[int],
                      instructions: Instructions) -> RoundReplies:
