@@ -24,8 +24,10 @@ from fedcustom.rag.federation import (
     centralized_store,
     merge_by_score,
     merge_rrf,
+    publish_summaries,
 )
 from fedcustom.rag.generate import Generator
+from fedcustom.rag.routing import CentroidRouter, client_scores, route
 from fedcustom.rag.store import Document, Encoder, LocalStore, Passage, chunk_words
 
 TOPICS = {
@@ -155,6 +157,44 @@ def test_traffic_counts_the_serialized_messages(encoder: Encoder) -> None:
     sent = [json.dumps(r, separators=(",", ":")).encode() for c in clients for r in c.requests]
     assert traffic.down == sum(len(s) for s in sent)
     assert all(r["k"] == 2 for c in clients for r in c.requests if r["op"] == "search")
+
+
+# --- query routing -----------------------------------------------------------------------------
+
+def test_routing_picks_the_clients_with_the_nearest_centroid_by_hand() -> None:
+    e = np.eye(3, dtype=np.float32)
+    summaries = [e[[0]], np.stack([e[1], e[2]]), np.zeros((0, 3), np.float32), e[[2]] * 0.5]
+    query = np.array([[0.1, 0.6, 0.8]], dtype=np.float32)
+    # cosines: client 0 0.1; client 1 max(0.6, 0.8) = 0.8; client 2 no summary; client 3 0.4
+    np.testing.assert_allclose(client_scores(query, summaries)[[0, 1, 3]], [0.1, 0.8, 0.4], rtol=1e-6)
+    assert client_scores(query, summaries)[2] == -np.inf
+    assert route(query, summaries, 1) == [1] and route(query, summaries, 2) == [1, 3]
+    assert route(query, summaries, 3) == [0, 1, 3]
+    assert route(np.zeros((1, 3), np.float32), summaries, 2) == [0, 1]  # ties: lower index first
+
+
+def test_routed_retrieval_asks_only_the_chosen_clients_and_all_of_them_is_exact(encoder: Encoder) -> None:
+    stores = text_stores(encoder)
+    clients = [RecordingClient(s) for s in stores]
+    summaries, summary_bytes = publish_summaries(clients, 2, seed=0)
+    assert [len(s) for s in summaries] == [2] * len(stores) and summary_bytes > 0
+    assert all(np.allclose(np.linalg.norm(s, axis=1), 1, atol=1e-4) for s in summaries)
+    exact = FederatedRetriever([RagClient(s) for s in stores], k=3)
+    everyone = FederatedRetriever([RagClient(s) for s in stores], k=3,
+                                  router=CentroidRouter(summaries, len(stores), encoder))
+    one = FederatedRetriever(clients, k=3, router=CentroidRouter(summaries, 1, encoder))
+    for query in ["a kitten naps on the sofa", "crusty loaves of bread"]:
+        expected, traffic = exact.retrieve(query)
+        assert [h.doc_id for h in everyone.retrieve(query)[0]] == [h.doc_id for h in expected]
+        for c in clients:
+            c.requests.clear()
+        hits, routed = one.retrieve(query)
+        chosen = route(encoder.encode_query(query), summaries, 1)
+        assert routed.clients_queried == 1 and traffic.clients_queried == len(stores)
+        assert [c for c, client in enumerate(clients) if client.requests] == chosen
+        assert {h.client for h in hits} == set(chosen) and routed.down < traffic.down
+    with pytest.raises(UserError, match="clients_per_query = 5"):
+        CentroidRouter(summaries, 5, encoder)
 
 
 def test_score_merge_refuses_clients_with_different_encoders_rrf_accepts(
@@ -311,6 +351,9 @@ max_length = 64
 documents_per_topic = 3
 retrieval_queries = 8
 topic_questions = 5
+[routing]
+clients_per_query = [2, 5]
+centroids = 2
 [generator]
 name = "{wordpiece_llama_dir}"
 max_new_tokens = 2
@@ -320,7 +363,13 @@ max_new_tokens = 2
     central = metrics["retrieval"]["centralized"]
     exact = metrics["retrieval"]["federated exact (score), two phases"]
     assert exact["agreement@5_with_centralized"] == 1.0 and exact["recall@5"] == central["recall@5"]
-    assert exact["passages_sent_per_query"] == 5
+    assert exact["passages_sent_per_query"] == 5 and exact["clients_queried_per_query"] == 5
+    routed = metrics["retrieval"]["routed to 2 of 5 clients, exact (score), two phases"]
+    assert routed["clients_queried_per_query"] == 2
+    assert routed["bytes_down_per_query"] < exact["bytes_down_per_query"]
+    everyone = metrics["retrieval"]["routed to 5 of 5 clients, exact (score), two phases"]
+    assert everyone["recall@5"] == exact["recall@5"] and metrics["routing"]["summary_bytes_total"] > 0
+    assert "## Query routing" in (run_dir / "report.md").read_text()
     assert metrics["answers"]["questions"] == 5 and (run_dir / "report.md").is_file()
     assert len(open_retriever(sorted((run_dir / "stores").iterdir())).clients) == 5
     assert main(["rag", "eval", str(config), "--set", "corpus.bogus=1"]) == 2

@@ -73,6 +73,18 @@ class RetrievalConfig:
 
 
 @dataclass(frozen=True)
+class RoutingConfig:
+    clients_per_query: tuple[int, ...] = opt(
+        (), "query routing: numbers of clients a query is sent to, each evaluated as a variant of exact "
+            "federated retrieval (the clients whose centroids are nearest the query); empty: no routing")
+    centroids: int = opt(4, "k-means centroids of its passage vectors each client publishes once for routing")
+
+    def __post_init__(self) -> None:
+        check(all(n >= 1 for n in self.clients_per_query), "clients_per_query", "integers >= 1")
+        check(self.centroids >= 1, "centroids", "an integer >= 1")
+
+
+@dataclass(frozen=True)
 class GeneratorConfig:
     name: str = opt("smollm2", "causal LM that answers: packaged name, local dir or hub id")
     adapter: str = opt("", "optional PEFT adapter directory (e.g. one a fedcustom run saved)")
@@ -133,6 +145,7 @@ class RagConfig:
     corpus: CorpusConfig = field(default_factory=CorpusConfig)
     split: SplitConfig = field(default_factory=SplitConfig)
     retrieval: RetrievalConfig = field(default_factory=RetrievalConfig)
+    routing: RoutingConfig = field(default_factory=RoutingConfig)
     generator: GeneratorConfig = field(default_factory=GeneratorConfig)
     tuning: TuningConfig = field(default_factory=TuningConfig)
 
@@ -141,6 +154,8 @@ class RagConfig:
         check(self.tuning.rounds == 0 or self.corpus.queries == "sentence", "tuning.rounds",
               "0 unless corpus.queries = 'sentence' (the training pairs are sentences and first passages)")
         check(bool(self.name) and "/" not in self.name, "name", "a non-empty name without '/'")
+        check(all(n <= self.split.num_clients for n in self.routing.clients_per_query),
+              "routing.clients_per_query", f"integers <= split.num_clients ({self.split.num_clients})")
         extras.check(("faiss",), "fedcustom rag")  # every client's store is a FAISS index
 
 

@@ -41,7 +41,7 @@ def evaluate_retrieval(retriever: FederatedRetriever, queries: Sequence[Query],
                        k: int) -> tuple[dict[str, float], dict[str, list[Hit]]]:
     """Find-the-article: each query (a headline, or a sentence) has one relevant document, its
     article. The results are keyed by that article's id."""
-    recall, rr, agree, down, up, sent = [], [], [], [], [], []
+    recall, rr, agree, down, up, sent, asked = [], [], [], [], [], [], []
     results: dict[str, list[Hit]] = {}
     for query in queries:
         hits, traffic = retriever.retrieve(query.text)
@@ -54,9 +54,11 @@ def evaluate_retrieval(retriever: FederatedRetriever, queries: Sequence[Query],
         down.append(traffic.down)
         up.append(traffic.up)
         sent.append(traffic.passages_sent)
+        asked.append(traffic.clients_queried)
     metrics = {f"recall@{k}": mean(recall), f"mrr@{k}": mean(rr),
                "bytes_down_per_query": mean(down), "bytes_up_per_query": mean(up),
-               "bytes_per_query": mean(down) + mean(up), "passages_sent_per_query": mean(sent)}
+               "bytes_per_query": mean(down) + mean(up), "passages_sent_per_query": mean(sent),
+               "clients_queried_per_query": mean(asked)}
     if agree:
         metrics[f"agreement@{k}_with_centralized"] = mean(agree)
     return metrics, results

@@ -11,6 +11,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import tomli_w
 import torch
 
@@ -19,24 +20,43 @@ from fedcustom.core.io import atomic_write, new_run_dir
 from fedcustom.rag.config import RagConfig
 from fedcustom.rag.corpus import build_corpus
 from fedcustom.rag.evaluate import evaluate_answers, evaluate_retrieval, passage_keys
-from fedcustom.rag.federation import FederatedRetriever, RagClient, centralized_store, pack, passage_record
+from fedcustom.rag.federation import (
+    FederatedRetriever,
+    RagClient,
+    centralized_store,
+    pack,
+    passage_record,
+    publish_summaries,
+)
 from fedcustom.rag.generate import Generator
-from fedcustom.rag.store import LocalStore, load_encoder
+from fedcustom.rag.routing import CentroidRouter
+from fedcustom.rag.store import Encoder, LocalStore, load_encoder
 from fedcustom.rag.tuning import tuning_study
 
+EXACT = "federated exact (score), two phases"
 
-def retrievers(clients: list[RagClient], central: RagClient, cfg: RagConfig) -> dict[str, FederatedRetriever]:
-    """The variants compared: the centralized index and four ways to federate it."""
+
+def routed_name(n: int, clients: int) -> str:
+    return f"routed to {n} of {clients} clients, exact (score), two phases"
+
+
+def retrievers(clients: list[RagClient], central: RagClient, cfg: RagConfig,
+               summaries: list[np.ndarray], encoder: Encoder) -> dict[str, FederatedRetriever]:
+    """The variants compared: the centralized index, four ways to federate it, and the exact merge
+    over only the clients a router picks, one variant per routing budget."""
     r = cfg.retrieval
+    routed = {routed_name(n, len(clients)): FederatedRetriever(
+        clients, r.k, merge="score", router=CentroidRouter(summaries, n, encoder))
+        for n in cfg.routing.clients_per_query}
     return {
         "centralized": FederatedRetriever([central], r.k, two_phase=False),
         "federated exact (score), one phase": FederatedRetriever(clients, r.k, merge="score",
                                                                   two_phase=False),
-        "federated exact (score), two phases": FederatedRetriever(clients, r.k, merge="score"),
+        EXACT: FederatedRetriever(clients, r.k, merge="score"),
         f"federated score, two phases, k_c = {r.limited_k}": FederatedRetriever(
             clients, r.k, per_client_k=r.limited_k, merge="score"),
         "federated RRF, two phases": FederatedRetriever(clients, r.k, merge="rrf", rrf_k=r.rrf_k),
-    }
+    } | routed
 
 
 def run_rag_experiment(cfg: RagConfig, log: Callable[[str], None] = print) -> Path:
@@ -68,10 +88,18 @@ def run_rag_experiment(cfg: RagConfig, log: Callable[[str], None] = print) -> Pa
     central = centralized_store(stores)
     clients = [RagClient(s) for s in stores]
 
+    routing: dict[str, Any] = {}
+    summaries: list[np.ndarray] = []
+    if cfg.routing.clients_per_query:
+        tick = time.perf_counter()
+        summaries, summary_bytes = publish_summaries(clients, cfg.routing.centroids, cfg.seed)
+        routing = {"centroids": cfg.routing.centroids, "summary_bytes_total": summary_bytes,
+                   "summary_seconds": time.perf_counter() - tick}
+
     tick = time.perf_counter()
     retrieval: dict[str, dict[str, float]] = {}
     reference = None
-    for name, retriever in retrievers(clients, RagClient(central), cfg).items():
+    for name, retriever in retrievers(clients, RagClient(central), cfg, summaries, encoder).items():
         metrics, results = evaluate_retrieval(retriever, corpus.queries, reference, cfg.retrieval.k)
         reference = reference or results  # the first variant is the centralized index
         retrieval[name] = metrics
@@ -107,7 +135,7 @@ def run_rag_experiment(cfg: RagConfig, log: Callable[[str], None] = print) -> Pa
         "passages_total": len(central), "retrieval_queries": len(corpus.retrieval_queries),
         # What a centralized index costs instead: every client uploads every passage once.
         "centralized_upload_bytes": sum(len(pack(passage_record(p))) for p in central.passages),
-        "retrieval": retrieval, "tuning": tuning, "answers": answers, "timings": timings,
+        "retrieval": retrieval, "routing": routing, "tuning": tuning, "answers": answers, "timings": timings,
         "threads": torch.get_num_threads(),
     }
     atomic_write(run_dir / "questions.jsonl", "".join(json.dumps(r) + "\n" for r in rows))
@@ -138,6 +166,8 @@ def render_report(cfg: RagConfig, s: dict[str, Any]) -> str:
                      f"{sent} |")
     lines += ["", f"A centralized index instead needs every passage uploaded once: "
               f"{s['centralized_upload_bytes']:,} bytes.", ""]
+    if s.get("routing"):
+        lines += render_routing(cfg, s)
     if s["tuning"]:
         lines += render_tuning(cfg, s["tuning"])
     a = s["answers"]
@@ -164,6 +194,25 @@ def render_report(cfg: RagConfig, s: dict[str, Any]) -> str:
         f"{key.removesuffix('_seconds')} {value:.0f} s" for key, value in t.items() if key != "cpu_seconds")
         + f"; CPU time of the whole run: {t['cpu_seconds']:.0f} s", ""]
     return "\n".join(lines)
+
+
+def render_routing(cfg: RagConfig, s: dict[str, Any]) -> list[str]:
+    k, clients, exact = cfg.retrieval.k, len(s["clients"]), s["retrieval"][EXACT]
+    lines = ["## Query routing", "",
+             f"Each client published once the {s['routing']['centroids']} k-means centroids of its passage "
+             f"vectors ({s['routing']['summary_bytes_total']:,} bytes for all {clients} clients, "
+             "requests included); the server embeds each query and asks only the clients whose nearest "
+             "centroid is most similar to it, then merges their replies exactly.", "",
+             f"| clients asked per query | share of clients | recall@{k} | share of exact federated "
+             f"recall@{k} | agreement@{k} with centralized | bytes/query |", "|---|---|---|---|---|---|",
+             f"| {clients} (exact, no routing) | 100% | {exact[f'recall@{k}']:.3f} | 100% | "
+             f"{exact[f'agreement@{k}_with_centralized']:.3f} | {exact['bytes_per_query']:.0f} |"]
+    for n in cfg.routing.clients_per_query:
+        m = s["retrieval"][routed_name(n, clients)]
+        lines.append(f"| {m['clients_queried_per_query']:.0f} | {n / clients:.0%} | {m[f'recall@{k}']:.3f} | "
+                     f"{m[f'recall@{k}'] / exact[f'recall@{k}']:.1%} | "
+                     f"{m[f'agreement@{k}_with_centralized']:.3f} | {m['bytes_per_query']:.0f} |")
+    return lines + [""]
 
 
 def render_tuning(cfg: RagConfig, t: dict[str, Any]) -> list[str]:

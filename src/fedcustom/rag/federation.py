@@ -13,10 +13,13 @@ from __future__ import annotations
 import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, Protocol
+
+import numpy as np
 
 from fedcustom.core.errors import UserError
 from fedcustom.core.registry import Registry
+from fedcustom.rag.routing import centroids
 from fedcustom.rag.store import Encoder, LocalStore, Passage
 
 
@@ -90,12 +93,15 @@ class RagClient:
             if msg.get("with_passages"):
                 reply["passages"] = [passage_record(self.store.passages[i]) for i in ids]
             return pack(reply)
+        if msg.get("op") == "summary":  # query routing: centroids of this client's passage vectors
+            summary = centroids(self.store, int(msg["centroids"]), int(msg["seed"]))
+            return pack({"centroids": summary.tolist()})
         if msg.get("op") == "fetch":
             ids = [int(i) for i in msg["ids"]]
             if any(not 0 <= i < len(self.store) for i in ids):
                 raise UserError(f"fetch asks for passage ids outside 0..{len(self.store) - 1}")
             return pack({"passages": [passage_record(self.store.passages[i]) for i in ids]})
-        raise UserError(f"unknown RAG request {msg.get('op')!r}; expected 'search' or 'fetch'")
+        raise UserError(f"unknown RAG request {msg.get('op')!r}; expected 'search', 'fetch' or 'summary'")
 
 
 @dataclass
@@ -105,6 +111,7 @@ class Traffic:
     down: int = 0
     up: int = 0
     passages_sent: int = 0  # passage texts that left their client
+    clients_queried: int = 0  # clients the search was sent to
 
     def call(self, client: RagClient, message: dict[str, Any]) -> dict[str, Any]:
         request = pack(message)
@@ -113,16 +120,24 @@ class Traffic:
         return unpack(reply)
 
 
+class Router(Protocol):
+    """Picks the clients a query is sent to (rag.routing); without one, every client is asked."""
+
+    def choose(self, query: str) -> list[int]: ...
+
+
 class FederatedRetriever:
     """The server side: fans a query out, merges the replies, returns the k best passages."""
 
     def __init__(self, clients: Sequence[RagClient], k: int = 5, per_client_k: int | Sequence[int] = 0,
-                 merge: str = "score", rrf_k: int = 60, two_phase: bool = True) -> None:
+                 merge: str = "score", rrf_k: int = 60, two_phase: bool = True,
+                 router: Router | None = None) -> None:
         if not clients:
             raise UserError("federated retrieval needs at least one client store")
         if k < 1:
             raise UserError(f"k = {k}: expected an integer >= 1")
         self.clients, self.k, self.rrf_k, self.two_phase = list(clients), k, rrf_k, two_phase
+        self.router = router
         self.merge = MERGES.get(merge)
         ks = [per_client_k] * len(clients) if isinstance(per_client_k, int) else list(per_client_k)
         if len(ks) != len(clients) or any(c < 0 for c in ks):
@@ -137,7 +152,10 @@ class FederatedRetriever:
     def retrieve(self, query: str) -> tuple[list[Hit], Traffic]:
         traffic = Traffic()
         lists = []
-        for c, (client, k_c) in enumerate(zip(self.clients, self.client_k, strict=True)):
+        asked = self.router.choose(query) if self.router else range(len(self.clients))
+        traffic.clients_queried = len(asked)
+        for c in asked:
+            client, k_c = self.clients[c], self.client_k[c]
             reply = traffic.call(client, {"op": "search", "query": query, "k": k_c,
                                           "with_passages": not self.two_phase})
             texts = reply.get("passages") or [{}] * len(reply["ids"])
@@ -158,6 +176,14 @@ class FederatedRetriever:
             texts.update({(c, i): t for i, t in zip(ids, reply["passages"], strict=True)})
             traffic.passages_sent += len(ids)
         return [replace(h, **text_fields(texts[h.client, h.passage])) for h in winners]
+
+
+def publish_summaries(clients: Sequence[RagClient], count: int, seed: int) -> tuple[list[np.ndarray], int]:
+    """Ask every client once for its routing summary: (centroids per client, bytes of the messages)."""
+    traffic = Traffic()
+    request = {"op": "summary", "centroids": count, "seed": seed}
+    replies = [traffic.call(client, request) for client in clients]
+    return [np.asarray(r["centroids"], dtype=np.float32) for r in replies], traffic.down + traffic.up
 
 
 def text_fields(record: dict[str, Any]) -> dict[str, Any]:
