@@ -194,7 +194,7 @@ def test_two_clients_two_rounds(tiny_config, wordpiece_llama_dir: Path, method: 
         # what travels is indices and scores: no text, nothing per example
         state = load_file(path / "state.safetensors")
         assert set(state) == {"candidates", "scores", "best", "pool_sizes"}
-        assert state["scores"].shape == (4,) and state["candidates"].dtype == torch.long
+        assert state["scores"].shape == (4,) and state["candidates"].dtype == torch.int16
     else:  # 4 fits x 8 examples x (the start + 3 candidates x 1 generation)
         assert passes == 4 * 8 * 4
         assert (path / "adapter" / "soft_prompt.safetensors").is_file()

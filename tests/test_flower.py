@@ -265,7 +265,7 @@ def write_chaos_figures(path: Path, figures: dict) -> None:
 
 
 def test_black_box_prompt_search_on_flower(tiny_config, tiny_llama_dir: Path, tmp_path: Path) -> None:
-    """Candidate indices and scores (int64 and float64 tensors) travel as they do in process."""
+    """Candidate indices and scores (int16 and float64 tensors) travel as they do in process."""
     cfg = tiny_config(engine="flower", modes=["federated"], model={"name": str(tiny_llama_dir)},
                       method={"name": "prompt-search", "score_examples": 8},
                       strategy={"name": "score-search", "candidates": 4}, federation={"rounds": 1},

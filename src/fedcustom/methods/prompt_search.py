@@ -38,6 +38,11 @@ from fedcustom.methods.blackbox import (
 STATE_KEYS = {"candidates", "scores", "best", "pool_sizes"}
 
 
+# Indices into the template and word pools travel as int16: a round's candidate list is the
+# largest part of the payload (26 candidates x 6 pools at the start), and pools hold a handful.
+INDEX = torch.int16
+
+
 @dataclass(frozen=True)
 class PromptSearchOptions(BlackBoxOptions):
     pass
@@ -49,7 +54,7 @@ def initial_candidates(pool_sizes: list[int]) -> torch.Tensor:
     rows = [default] + [[t] + default[1:] for t in range(1, pool_sizes[0])]
     for pos in range(1, len(pool_sizes)):
         rows += [default[:pos] + [w] + default[pos + 1:] for w in range(1, pool_sizes[pos])]
-    return torch.tensor(rows, dtype=torch.long)
+    return torch.tensor(rows, dtype=INDEX)
 
 
 @METHODS.register("prompt-search")
@@ -66,16 +71,16 @@ class PromptSearch(BlackBoxMethod):
         self.set_state(model, {"candidates": candidates,
                                "scores": torch.zeros(len(candidates), dtype=torch.float64),
                                "best": candidates[0].clone(),
-                               "pool_sizes": torch.tensor(pools, dtype=torch.long)})
+                               "pool_sizes": torch.tensor(pools, dtype=INDEX)})
         return model
 
     def set_state(self, model: nn.Module, state: State) -> None:
         self.check_keys(state, STATE_KEYS)
-        pools = torch.tensor(model.pool_sizes(), dtype=torch.long)
+        pools = torch.tensor(model.pool_sizes(), dtype=INDEX)
         candidates, best = state["candidates"], state["best"]
-        if any(state[k].dtype != torch.long for k in ("candidates", "best", "pool_sizes")):
+        if any(state[k].dtype != INDEX for k in ("candidates", "best", "pool_sizes")):
             # e.g. FedAvg's arithmetic turned the indices into floats: only score-search keeps them
-            raise UserError("prompt-search state: candidates, best and pool_sizes must be int64 indices "
+            raise UserError("prompt-search state: candidates, best and pool_sizes must be int16 indices "
                             "(use strategy 'score-search'; centralized mode is not supported)")
         if not torch.equal(state["pool_sizes"], pools):
             raise UserError(f"prompt-search state has pool sizes {state['pool_sizes'].tolist()}, "

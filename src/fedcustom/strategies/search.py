@@ -106,7 +106,7 @@ class ScoreSearch(Strategy):
         best = candidates[order[0]].clone()
         self.last = {"search_best_score": float(scores[order[0]]), "search_best": best.tolist(),
                      "search_candidates": len(candidates), "search_mismatched": mismatched}
-        return {"candidates": torch.tensor(proposed, dtype=torch.long), "scores": next_scores,
+        return {"candidates": torch.tensor(proposed, dtype=candidates.dtype), "scores": next_scores,
                 "best": best, "pool_sizes": global_state["pool_sizes"].clone()}
 
     def round_record(self) -> dict[str, Any]:
