@@ -178,7 +178,7 @@ def test_routed_retrieval_asks_only_the_chosen_clients_and_all_of_them_is_exact(
     clients = [RecordingClient(s) for s in stores]
     summaries, summary_bytes = publish_summaries(clients, 2, seed=0)
     assert [len(s) for s in summaries] == [2] * len(stores) and summary_bytes > 0
-    assert all(np.allclose(np.linalg.norm(s, axis=1), 1, atol=1e-4) for s in summaries)
+    assert all(np.allclose(np.linalg.norm(s, axis=1), 1, atol=2e-3) for s in summaries)  # float16
     exact = FederatedRetriever([RagClient(s) for s in stores], k=3)
     everyone = FederatedRetriever([RagClient(s) for s in stores], k=3,
                                   router=CentroidRouter(summaries, len(stores), encoder))
@@ -353,7 +353,8 @@ retrieval_queries = 8
 topic_questions = 5
 [routing]
 clients_per_query = [2, 5]
-centroids = 2
+centroids = [1, 2]
+validation_queries = 4
 [generator]
 name = "{wordpiece_llama_dir}"
 max_new_tokens = 2
@@ -364,11 +365,19 @@ max_new_tokens = 2
     exact = metrics["retrieval"]["federated exact (score), two phases"]
     assert exact["agreement@5_with_centralized"] == 1.0 and exact["recall@5"] == central["recall@5"]
     assert exact["passages_sent_per_query"] == 5 and exact["clients_queried_per_query"] == 5
-    routed = metrics["retrieval"]["routed to 2 of 5 clients, exact (score), two phases"]
-    assert routed["clients_queried_per_query"] == 2
-    assert routed["bytes_down_per_query"] < exact["bytes_down_per_query"]
-    everyone = metrics["retrieval"]["routed to 5 of 5 clients, exact (score), two phases"]
-    assert everyone["recall@5"] == exact["recall@5"] and metrics["routing"]["summary_bytes_total"] > 0
+    routing = metrics["routing"]
+    settings = [(v["centroids"], v["clients_per_query"]) for v in routing["variants"]]
+    assert settings == [(1, 2), (1, 5), (2, 2), (2, 5)]
+    for v in routing["variants"]:
+        assert v["test"]["clients_queried_per_query"] == v["validation"]["clients_queried_per_query"] == \
+            v["clients_per_query"]
+        if v["clients_per_query"] == 5:  # every client asked: the exact merge
+            assert v["test"]["recall@5"] == exact["recall@5"]
+            assert v["validation"]["recall@5"] == routing["exact_validation"]["recall@5"]
+        else:
+            assert v["test"]["bytes_down_per_query"] < exact["bytes_down_per_query"]
+    assert routing["validation_queries"] == 4
+    assert 0 < routing["summary_bytes_total"]["1"] < routing["summary_bytes_total"]["2"]
     assert "## Query routing" in (run_dir / "report.md").read_text()
     assert metrics["answers"]["questions"] == 5 and (run_dir / "report.md").is_file()
     assert len(open_retriever(sorted((run_dir / "stores").iterdir())).clients) == 5

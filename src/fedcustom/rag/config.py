@@ -77,11 +77,18 @@ class RoutingConfig:
     clients_per_query: tuple[int, ...] = opt(
         (), "query routing: numbers of clients a query is sent to, each evaluated as a variant of exact "
             "federated retrieval (the clients whose centroids are nearest the query); empty: no routing")
-    centroids: int = opt(4, "k-means centroids of its passage vectors each client publishes once for routing")
+    centroids: tuple[int, ...] = opt(
+        (4,), "k-means centroids of its passage vectors each client publishes once for routing; several: "
+              "each is evaluated (choose on the validation queries)")
+    validation_queries: int = opt(
+        500, "queries on stored articles that are not query articles, asked like the evaluation's: "
+             "routing variants are scored on them too, to choose a setting without the test queries")
 
     def __post_init__(self) -> None:
         check(all(n >= 1 for n in self.clients_per_query), "clients_per_query", "integers >= 1")
-        check(self.centroids >= 1, "centroids", "an integer >= 1")
+        check(bool(self.centroids) and all(c >= 1 for c in self.centroids), "centroids",
+              "a non-empty list of integers >= 1")
+        check(self.validation_queries >= 1, "validation_queries", "an integer >= 1")
 
 
 @dataclass(frozen=True)

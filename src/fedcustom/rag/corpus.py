@@ -90,6 +90,19 @@ class Corpus:
             pairs += [Query(sentences[i], article.doc_id) for i in sorted(picked)]
         return pairs
 
+    def validation_queries(self, n: int, seed: int) -> list[Query]:
+        """Up to n queries for choosing settings (never the evaluation's): articles in the stores
+        that are not query articles, asked as the evaluation asks (a headline, or a sentence after
+        the indexed first passage)."""
+        held_out = {a.doc_id for a in self.retrieval_queries}
+        rng = np.random.default_rng([seed, 1])
+        pool = [a for docs in self.clients for a in docs if a.doc_id not in held_out
+                and (not self.lead_words or a.sentences(self.lead_words))]
+        picked = [pool[i] for i in sorted(rng.choice(len(pool), min(n, len(pool)), replace=False))]
+        if not self.lead_words:
+            return [Query(a.headline, a.doc_id) for a in picked]
+        return [Query(str(rng.choice(a.sentences(self.lead_words))), a.doc_id) for a in picked]
+
 
 def split_by_topic(articles: list[Article], num_clients: int, topics_per_client: int,
                    seed: int) -> list[list[Article]]:

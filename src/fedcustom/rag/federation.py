@@ -10,6 +10,7 @@ Two protocols:
 
 from __future__ import annotations
 
+import base64
 import json
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
@@ -95,7 +96,7 @@ class RagClient:
             return pack(reply)
         if msg.get("op") == "summary":  # query routing: centroids of this client's passage vectors
             summary = centroids(self.store, int(msg["centroids"]), int(msg["seed"]))
-            return pack({"centroids": summary.tolist()})
+            return pack({"centroids": encode_array(summary), "shape": list(summary.shape)})
         if msg.get("op") == "fetch":
             ids = [int(i) for i in msg["ids"]]
             if any(not 0 <= i < len(self.store) for i in ids):
@@ -183,7 +184,17 @@ def publish_summaries(clients: Sequence[RagClient], count: int, seed: int) -> tu
     traffic = Traffic()
     request = {"op": "summary", "centroids": count, "seed": seed}
     replies = [traffic.call(client, request) for client in clients]
-    return [np.asarray(r["centroids"], dtype=np.float32) for r in replies], traffic.down + traffic.up
+    return [decode_array(r["centroids"], r["shape"]) for r in replies], traffic.down + traffic.up
+
+
+def encode_array(values: np.ndarray) -> str:
+    """Unit vectors as base64 of float16 (~3 significant digits, ample for ranking clients): 2.7 bytes
+    a number in the JSON message, against ~20 as decimal text."""
+    return base64.b64encode(values.astype("<f2").tobytes()).decode()
+
+
+def decode_array(text: str, shape: list[int]) -> np.ndarray:
+    return np.frombuffer(base64.b64decode(text), dtype="<f2").astype(np.float32).reshape(shape)
 
 
 def text_fields(record: dict[str, Any]) -> dict[str, Any]:
