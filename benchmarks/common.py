@@ -52,7 +52,9 @@ def experiment_config(opts: Options, own: Sequence[str]) -> Any:
     """A fedcustom ExperimentConfig: benchmark settings first, then the user's --set overrides."""
     from fedcustom.core.config import load_config
 
-    base = ["threads=1", f"model.name={json.dumps(opts.model)}"]
+    # fp32 unless a benchmark or --set says otherwise: the default `auto` would pick bf16 on some
+    # CPUs only, and a benchmark's numbers must mean the same on every machine
+    base = ["threads=1", f"model.name={json.dumps(opts.model)}", "train.precision='fp32'"]
     return load_config(None, [*base, *own, *opts.overrides])
 
 

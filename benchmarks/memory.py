@@ -95,7 +95,8 @@ def run(opts: Options) -> dict[str, Any]:
     experiment_config(opts, own)  # a bad --set fails here, once
     results: dict[str, Any] = {}
     for name, overrides in SETTINGS.items():
-        spec = {"overrides": ["threads=1", f"model.name={opts.model!r}", *own, *overrides, *opts.overrides],
+        spec = {"overrides": ["threads=1", f"model.name={opts.model!r}", "train.precision='fp32'", *own,
+                              *overrides, *opts.overrides],
                 "steps": steps}
         try:
             results[name] = run_point("memory", spec)

@@ -9,8 +9,9 @@ import torch
 from safetensors.torch import load_file
 
 from fedcustom.cli import main
+from fedcustom.core import device as device_module
 from fedcustom.core.config import ConfigError, ModelConfig, TrainConfig
-from fedcustom.core.device import autocast, resolve_device
+from fedcustom.core.device import autocast, resolve_device, resolve_precision
 from fedcustom.core.errors import UserError
 from fedcustom.core.registry import METHODS
 from fedcustom.data.batching import encode
@@ -74,15 +75,32 @@ def test_bf16_autocast_trains_on_the_cpu(tiny_model_dir) -> None:
     assert any(not torch.equal(state[k], start[k]) for k in state)
 
 
-def test_fp32_default_is_unchanged_by_the_device_code(tiny_model_dir) -> None:
+def test_fp32_is_unchanged_by_the_device_code(tiny_model_dir) -> None:
     """fp32 on the CPU: autocast off, batches not copied; the same seed gives the same update."""
     runs = []
     for _ in range(2):
         method, model, data = tiny_prefix(tiny_model_dir)
-        train_local(model, method, data, np.arange(32), TrainConfig(batch_size=8), seed=1)
+        train_local(model, method, data, np.arange(32), TrainConfig(batch_size=8, precision="fp32"), seed=1)
         runs.append(method.get_state(model))
     assert all(torch.equal(runs[0][k], runs[1][k]) for k in runs[0])
-    assert TrainConfig().precision == "fp32"
+    with autocast(torch.device("cpu"), "fp32"):
+        assert model(data.input_ids[:2], (data.input_ids[:2] != 0).long()).dtype == torch.float32
+
+
+def test_auto_precision_is_bf16_only_where_the_hardware_has_it(monkeypatch) -> None:
+    cpu = torch.device("cpu")
+    assert TrainConfig().precision == "auto"
+    monkeypatch.setattr(device_module, "cpu_flags", lambda: frozenset({"avx2", "fma"}))
+    assert resolve_precision(cpu, "auto") == "fp32" and resolve_precision(cpu, "bf16") == "bf16"
+    monkeypatch.setattr(device_module, "cpu_flags", lambda: frozenset({"avx2", "avx512_bf16"}))
+    assert resolve_precision(cpu, "auto") == "bf16" and resolve_precision(cpu, "fp32") == "fp32"
+    monkeypatch.setattr(device_module, "cpu_flags", lambda: frozenset({"amx_bf16"}))
+    assert resolve_precision(cpu, "auto") == "bf16"
+    with autocast(cpu, "auto"):  # the resolved precision is what autocast applies
+        assert (torch.ones(2, 2) @ torch.ones(2, 2)).dtype == torch.bfloat16
+    monkeypatch.setattr(device_module, "cpu_flags", lambda: frozenset())
+    with autocast(cpu, "auto"):
+        assert (torch.ones(2, 2) @ torch.ones(2, 2)).dtype == torch.float32
 
 
 def test_states_and_checkpoints_are_cpu_tensors(tiny_config) -> None:

@@ -159,9 +159,10 @@ class TrainConfig:
     weight_decay: float = opt(0.0, "AdamW weight decay")
     max_grad_norm: float = opt(1.0, "gradient clipping norm (0: off)")
     eval_batch_size: int = opt(256, "examples per evaluation forward pass")
-    precision: Literal["fp32", "bf16"] = opt(
-        "fp32", "forward passes in training and evaluation: fp32, or bf16 autocast (weights, "
-                "optimizer and exchanged state stay fp32)")
+    precision: Literal["auto", "fp32", "bf16"] = opt(
+        "auto", "forward passes in training and evaluation: fp32, or bf16 autocast (weights, optimizer "
+                "and exchanged state stay fp32); auto: bf16 where the device computes it natively (a CPU "
+                "with AVX-512 BF16 or AMX, a GPU with bfloat16), else fp32, decided on each machine")
 
     def __post_init__(self) -> None:
         check(self.lr > 0, "lr", "a number > 0")

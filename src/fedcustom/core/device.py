@@ -3,14 +3,19 @@
 The model moves to the device once (runs/experiment.py); batches follow it in the shared training
 loop and in evaluation (`model_device`). Exchanged states always live on the CPU (Method.get_state
 copies there), so payloads, strategies, byte counts and checkpoints are the same on any device.
-`bf16` runs forward passes under autocast (bfloat16 matmuls, fp32 weights and optimizer); the
-default `fp32` changes nothing. Round records carry the accelerator's peak memory next to peak RSS.
+`bf16` runs forward passes under autocast (bfloat16 matmuls, fp32 weights and optimizer); `fp32`
+changes nothing; the default `auto` is bf16 where the hardware computes it natively (measured on
+an AVX-512 BF16 Xeon: 1.3-1.7x training, 2.1-2.7x evaluation throughput, accuracy unchanged within
+noise: docs/results/precision) and fp32 where bf16 would be emulated (slower than fp32).
+Round records carry the accelerator's peak memory next to peak RSS.
 """
 
 from __future__ import annotations
 
+import functools
 import re
 from contextlib import AbstractContextManager
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -43,9 +48,38 @@ def model_device(model: nn.Module) -> torch.device:
     return next(model.parameters(), torch.empty(0)).device
 
 
+# CPU flags (/proc/cpuinfo) of native bfloat16 matrix instructions
+NATIVE_BF16_FLAGS = frozenset({"avx512_bf16", "amx_bf16"})
+
+
+@functools.cache
+def cpu_flags() -> frozenset[str]:
+    info = Path("/proc/cpuinfo")
+    if not info.is_file():
+        return frozenset()
+    line = next((x for x in info.read_text().splitlines() if x.startswith("flags")), "")
+    return frozenset(line.partition(":")[2].split())
+
+
+def native_bf16(device: torch.device) -> bool:
+    """Does `device` run bfloat16 matrix work natively (not emulated)?"""
+    if device.type == "cuda":
+        return bool(torch.cuda.is_bf16_supported())
+    return device.type == "cpu" and bool(cpu_flags() & NATIVE_BF16_FLAGS)
+
+
+def resolve_precision(device: torch.device, precision: str) -> str:
+    """`auto` -> `bf16` where the device computes it natively, else `fp32`; others as given."""
+    if precision == "auto":
+        return "bf16" if native_bf16(device) else "fp32"
+    return precision
+
+
 def autocast(device: torch.device, precision: str) -> AbstractContextManager[object]:
-    """Forward passes in bfloat16 under autocast for `bf16`; a no-op for `fp32`."""
-    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=precision == "bf16")
+    """Forward passes in bfloat16 under autocast for `bf16` (and `auto` where native); a no-op
+    for `fp32`."""
+    enabled = resolve_precision(device, precision) == "bf16"
+    return torch.autocast(device.type, dtype=torch.bfloat16, enabled=enabled)
 
 
 def check_precision(device: torch.device, precision: str) -> None:

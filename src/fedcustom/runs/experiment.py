@@ -22,7 +22,13 @@ import numpy as np
 import torch
 
 from fedcustom.core.config import ExperimentConfig, dumps, load_config
-from fedcustom.core.device import autocast, check_precision, check_quantization, resolve_device
+from fedcustom.core.device import (
+    autocast,
+    check_precision,
+    check_quantization,
+    resolve_device,
+    resolve_precision,
+)
 from fedcustom.core.errors import UserError
 from fedcustom.core.io import atomic_write, check_writable, folder_lock, new_run_dir, storage_full_stops
 from fedcustom.core.log import info
@@ -105,7 +111,8 @@ def execute(cfg: ExperimentConfig, resume_dir: Path | None, log: Any,
         model.to(device)  # once; batches follow it, states come back to the CPU (see core/device.py)
         initial = method.get_state(model)  # every mode starts from this initialization
         n_params = sum(v.numel() for k, v in initial.items() if not is_owned_key(k))  # masks: bookkeeping
-        log(f"method {method.name}: {n_params:,} trainable parameters")
+        log(f"method {method.name}: {n_params:,} trainable parameters; {device.type}, "
+            f"{resolve_precision(device, cfg.train.precision)} (train.precision = {cfg.train.precision})")
 
         train = task.encode(data.train, tokenizer, cfg)
         held_out = {"test": task.encode(data.test, tokenizer, cfg)}
