@@ -6,6 +6,7 @@ Two protocols:
 - one phase: each client returns ids, scores and passage texts for its top k_c;
 - two phases: clients first return only ids and scores; the server merges and then fetches the
   texts of the winners alone, so a client's losing passages never leave it.
+A router (rag/routing.py) may limit a query to the clients its published summaries make likely.
 """
 
 from __future__ import annotations
