@@ -335,6 +335,12 @@ def test_cli_index_add_and_ask(tiny_model_dir: Path, wordpiece_llama_dir: Path, 
     assert len(out["passages"]) == 3 and out["traffic"]["passages_sent"] == 3
     # --query is what is searched (here the text of bread.txt's first passage), not the question
     assert out["passages"][0]["doc_id"] == "bread.txt"
+    stores = [str(tmp_path / "store-cats"), str(tmp_path / "store-rain")]
+    assert main(["rag", "ask", "q", "--query", " ".join(TOPICS["bread"].split()[:8]), "--stores", *stores,
+                 "--no-generate", "--json", "--route", "1", "--centroids", "2"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["traffic"]["clients_queried"] == 1 and out["passages"][0]["doc_id"] == "bread.txt"
+    assert main(["rag", "ask", "q", "--stores", *stores, "--no-generate", "--route", "3"]) == 2  # 2 clients
     assert main(["rag", "ask", "q", "--stores", str(tmp_path / "nowhere"), "--no-generate"]) == 2
 
 

@@ -21,7 +21,7 @@ def cmd_ask(args: argparse.Namespace) -> None:
 
     torch.set_num_threads(args.threads)
     retriever = open_retriever(args.stores, args.k, args.per_client_k, args.merge,
-                               two_phase=not args.one_phase)
+                               two_phase=not args.one_phase, route=args.route, centroids=args.centroids)
     generator = None if args.no_generate else Generator(args.generator, args.adapter, args.max_new_tokens,
                                                         args.passage_words, args.answer_prefix)
     result = ask(args.question, retriever, generator, args.context_passages, args.query)
@@ -32,7 +32,8 @@ def cmd_ask(args: argparse.Namespace) -> None:
     for n, hit in enumerate(result.passages, 1):
         print(f"[{n}] client {hit.client}  score {hit.score:.4f}  {hit.doc_id}  {hit.text[:100]}")
     t = result.traffic
-    print(f"bytes: {t.down} down, {t.up} up; passages sent: {t.passages_sent}")
+    print(f"bytes: {t.down} down, {t.up} up; passages sent: {t.passages_sent}; clients asked: "
+          f"{t.clients_queried} of {len(retriever.clients)}")
     if generator is not None:
         print(f"answer: {result.answer}")
 
@@ -74,6 +75,10 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     ask.add_argument("--merge", default="score", help="score (exact, one encoder) or rrf (rank fusion)")
     ask.add_argument("--one-phase", action="store_true",
                      help="clients send passage texts with their scores (default: only the winners' texts)")
+    ask.add_argument("--route", type=int, default=0, metavar="N",
+                     help="ask only the N clients whose published centroids are nearest the query (0: all)")
+    ask.add_argument("--centroids", type=positive, default=16,
+                     help="k-means centroids each client publishes for --route")
     ask.add_argument("--generator", default="smollm2", help="causal LM: packaged name, local dir or hub id")
     ask.add_argument("--adapter", default="", help="PEFT adapter folder for the generator")
     ask.add_argument("--max-new-tokens", type=positive, default=64)

@@ -8,8 +8,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from fedcustom.core.errors import UserError
-from fedcustom.rag.federation import FederatedRetriever, Hit, RagClient, Traffic
+from fedcustom.rag.federation import FederatedRetriever, Hit, RagClient, Traffic, publish_summaries
 from fedcustom.rag.generate import Generator
+from fedcustom.rag.routing import CentroidRouter
 from fedcustom.rag.store import Document, LocalStore, load_encoder
 
 
@@ -33,10 +34,16 @@ def ask(question: str, retriever: FederatedRetriever, generator: Generator | Non
 
 
 def open_retriever(store_dirs: Sequence[str | Path], k: int = 5, per_client_k: int = 0, merge: str = "score",
-                   rrf_k: int = 60, two_phase: bool = True) -> FederatedRetriever:
-    """One client per saved store folder, each with the encoder it was built with."""
+                   rrf_k: int = 60, two_phase: bool = True, route: int = 0,
+                   centroids: int = 16) -> FederatedRetriever:
+    """One client per saved store folder, each with the encoder it was built with. `route` > 0:
+    each query goes only to that many clients, chosen by the `centroids` each client publishes."""
     clients = [RagClient(LocalStore.load(path)) for path in store_dirs]
-    return FederatedRetriever(clients, k, per_client_k, merge, rrf_k, two_phase)
+    router = None
+    if route:
+        summaries, _ = publish_summaries(clients, centroids, seed=0)
+        router = CentroidRouter(summaries, route, clients[0].store.encoder)
+    return FederatedRetriever(clients, k, per_client_k, merge, rrf_k, two_phase, router)
 
 
 def read_documents(path: str | Path) -> list[Document]:
