@@ -21,7 +21,8 @@ import sys
 from pathlib import Path
 
 RUN_FILES = ("config.toml", "partition.txt", "summary.txt", "labels.json")
-MODE_FILES = ("rounds.jsonl", "rounds.csv", "clients.json", "prompt.json")
+# adapter/prompt.json: a prompt method's final prompt (template and label words), a few hundred bytes
+MODE_FILES = ("rounds.jsonl", "rounds.csv", "clients.json", "prompt.json", "adapter/prompt.json")
 MODES = ("federated", "centralized", "local")
 
 
@@ -47,7 +48,7 @@ def publish(study: Path, dest: Path, keep_study_json: bool) -> list[str]:
         for mode in MODES:
             for name in MODE_FILES:
                 if (run / mode / name).is_file():
-                    (target / mode).mkdir(exist_ok=True)
+                    (target / mode / name).parent.mkdir(parents=True, exist_ok=True)
                     shutil.copy2(run / mode / name, target / mode / name)
         copied.append(run.name)
     timings = json.loads((dest / "timings.json").read_text()) if (dest / "timings.json").is_file() else {}
