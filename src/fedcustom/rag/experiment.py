@@ -229,10 +229,14 @@ def render_routing(cfg: RagConfig, s: dict[str, Any]) -> list[str]:
         t, val, n = v["test"], v["validation"], v["clients_per_query"]
         summary = r["summary_bytes_total"][str(v["centroids"])]
         lines.append(f"| {v['centroids']} | {summary:,} | {n} ({n / clients:.0%}) | "
-                     f"{val[recall] / exact_val[recall]:.1%} | {t[recall]:.3f} | "
-                     f"{t[recall] / exact[recall]:.1%} | {t[f'agreement@{k}_with_centralized']:.3f} | "
+                     f"{share(val[recall], exact_val[recall])} | {t[recall]:.3f} | "
+                     f"{share(t[recall], exact[recall])} | {t[f'agreement@{k}_with_centralized']:.3f} | "
                      f"{t['bytes_per_query']:.0f} |")
     return lines + [""]
+
+
+def share(part: float, whole: float) -> str:
+    return f"{part / whole:.1%}" if whole else "n/a"
 
 
 def render_tuning(cfg: RagConfig, t: dict[str, Any]) -> list[str]:
