@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from fedcustom.data.datasets import Table, bbc_articles, builtin
+from fedcustom.data.datasets import bbc_articles, builtin
+from fedcustom.data.files import Table
 
 HEADLINE_PROMPT = "Write a short headline for this news article.\n\n{body}"
 

@@ -17,15 +17,8 @@ import pandas as pd
 
 from fedcustom.core.config import DataConfig
 from fedcustom.core.errors import UserError
-from fedcustom.data.datasets import (
-    TaskData,
-    frame_of,
-    has_pairs,
-    hold_out,
-    split_table,
-    task_data,
-    user_table,
-)
+from fedcustom.data.datasets import TaskData, hold_out, split_table, task_data
+from fedcustom.data.files import frame_of, has_pairs, user_table
 
 # data.dataset of such a run: its saved config names no file, so the run cannot be loaded again
 # from it (resumed, or its data reloaded); a model loads from the run's labels.json instead.

@@ -27,7 +27,7 @@ from fedcustom.core.errors import UserError
 from fedcustom.core.packages import package_dir
 from fedcustom.core.registry import METHODS
 from fedcustom.data.batching import Batch
-from fedcustom.data.datasets import read_frame
+from fedcustom.data.files import read_frame
 from fedcustom.methods.base import Method
 from fedcustom.models.backbones import build_classifier
 

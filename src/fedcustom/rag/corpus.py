@@ -17,7 +17,7 @@ from flwr_datasets.partitioner import IidPartitioner, PathologicalPartitioner
 
 from fedcustom.core.errors import UserError
 from fedcustom.core.packages import package_dir
-from fedcustom.data.datasets import read_text
+from fedcustom.data.files import read_text
 from fedcustom.rag.store import Document
 
 

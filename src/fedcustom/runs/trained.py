@@ -25,7 +25,8 @@ from fedcustom.core.errors import UserError
 from fedcustom.core.registry import METHODS
 from fedcustom.data import TaskData, load_task_data
 from fedcustom.data.batching import encode, eval_batches
-from fedcustom.data.datasets import Table, to_dataset
+from fedcustom.data.datasets import to_dataset
+from fedcustom.data.files import Table
 from fedcustom.data.pairs import prompt_ids
 from fedcustom.methods.base import Method
 from fedcustom.runs.experiment import LABELS

@@ -32,7 +32,8 @@ from fedcustom.core.log import logger
 from fedcustom.core.registry import METHODS
 from fedcustom.core.types import Instructions
 from fedcustom.data import load_task_data, partition_indices
-from fedcustom.data.datasets import Table, TaskData, load_table, to_dataset
+from fedcustom.data.datasets import TaskData, load_table, to_dataset
+from fedcustom.data.files import Table
 from fedcustom.engines.flower.node import NODE_DATA_PATH, node_client_id
 from fedcustom.engines.flower.secagg import (
     is_secure_fit,
