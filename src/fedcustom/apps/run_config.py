@@ -22,14 +22,9 @@ from dataclasses import dataclass, is_dataclass, replace
 from pathlib import Path
 from typing import Any
 
-from fedcustom.core.config import (
-    DEFAULT_COMPONENTS,
-    ComponentSpec,
-    ConfigError,
-    ExperimentConfig,
-    build,
-)
+from fedcustom.core.config import ComponentSpec, ConfigError, ExperimentConfig, build
 from fedcustom.core.errors import UserError
+from fedcustom.core.options import DEFAULT_COMPONENTS
 from fedcustom.core.registry import METHODS, STRATEGIES
 
 EXPERIMENT, RUN_DIR, RESUME = "experiment", "run-dir", "resume"
