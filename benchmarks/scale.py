@@ -42,7 +42,7 @@ def point(spec: dict[str, Any]) -> dict[str, Any]:
     """One scale point, run inside its own process: `python -m benchmarks _point scale SPEC`."""
     from safetensors.torch import load_file
 
-    from fedcustom.federation.rounds import peak_rss_mb
+    from fedcustom.core.device import peak_rss_mb
     from fedcustom.models.backbones import load_backbone
     from fedcustom.runs.experiment import run_experiment
 

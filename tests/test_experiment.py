@@ -128,7 +128,7 @@ def test_peak_rss_is_the_runs_own_after_a_reset() -> None:
     not report an earlier run's peak."""
     import numpy as np
 
-    from fedcustom.federation.rounds import peak_rss_mb, reset_peak_rss
+    from fedcustom.core.device import peak_rss_mb, reset_peak_rss
 
     if not Path("/proc/self/clear_refs").exists():
         pytest.skip("needs Linux's /proc")

@@ -457,7 +457,7 @@ def test_a_restarted_supernode_replaces_its_dead_node(tiny_config, monkeypatch: 
     """A restarted SuperNode is a new node claiming a known client: it takes over from the dead
     one (silent in the last round, or silent when asked now); a live second claimant is an error."""
     from fedcustom.engines.flower.server import CURRENT, Deployment, FlowerEngine
-    from fedcustom.federation.rounds import Reply, RoundReplies
+    from fedcustom.federation.replies import Reply, RoundReplies
 
     grid = FakeGrid()
     token = CURRENT.set(Deployment(grid, None, dumps(tiny_config(engine="flower")), ["neg", "pos"]))  # type: ignore[arg-type]

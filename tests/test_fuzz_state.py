@@ -27,7 +27,7 @@ from fedcustom.core.errors import UserError
 from fedcustom.core.payload import serialize, unpack
 from fedcustom.core.registry import STRATEGIES
 from fedcustom.core.types import State, Update
-from fedcustom.federation.rounds import payload_limit
+from fedcustom.federation.replies import payload_limit
 from fedcustom.federation.screening import screen_updates
 from fedcustom.runs.results import CHECKPOINT, Checkpoint, load_checkpoint, save_checkpoint
 

@@ -215,7 +215,8 @@ def test_a_round_rejects_an_unreadable_update_and_goes_on(tiny_config, monkeypat
     on their way to the server's loop.)"""
     import fedcustom.engines.simulation as simulation
     from fedcustom.core.payload import deserialize, serialize
-    from fedcustom.federation.rounds import payload_limit, run_rounds
+    from fedcustom.federation.replies import payload_limit
+    from fedcustom.federation.rounds import run_rounds
     from fedcustom.runs.experiment import run_experiment
 
     def damaging(job, train_clients):

@@ -12,8 +12,10 @@ Round records carry the accelerator's peak memory next to peak RSS.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import re
+import resource
 from contextlib import AbstractContextManager
 from pathlib import Path
 
@@ -113,3 +115,23 @@ def peak_memory_mb(device: torch.device) -> dict[str, float]:
     if device.type != "cuda":
         return {}
     return {"peak_accelerator_mb": torch.cuda.max_memory_allocated(device) / 2**20}
+
+
+def peak_rss_mb() -> float:
+    """The process's peak resident memory since the last reset_peak_rss (Linux: VmHWM), else
+    since it started (getrusage, where /proc is not there)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024  # kB
+    except OSError:
+        pass
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
+
+
+def reset_peak_rss() -> None:
+    """Start a new peak (Linux 4.0+), so a run's records hold its own peak, not an earlier run's in
+    the same process (a study, a test session). Elsewhere a no-op."""
+    with contextlib.suppress(OSError):
+        Path("/proc/self/clear_refs").write_text("5")
+

@@ -20,7 +20,8 @@ from fedcustom.core.registry import ENGINES
 from fedcustom.core.types import Instructions, State
 from fedcustom.engines.base import Engine
 from fedcustom.engines.workers import WorkerPool, cores, train_each
-from fedcustom.federation.rounds import Clients, Job, Receive, RoundReplies, run_rounds
+from fedcustom.federation.replies import Receive, RoundReplies
+from fedcustom.federation.rounds import Clients, Job, run_rounds
 
 
 @ENGINES.register("simulation")

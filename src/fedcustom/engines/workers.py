@@ -40,16 +40,8 @@ from fedcustom.core.errors import UserError
 from fedcustom.core.log import no_bars
 from fedcustom.core.payload import deserialize, serialize
 from fedcustom.core.types import Instructions, State
-from fedcustom.federation.rounds import (
-    Clients,
-    Failure,
-    Receive,
-    Reply,
-    RoundFailed,
-    RoundReplies,
-    client_update,
-    fit_context,
-)
+from fedcustom.federation.replies import Failure, Receive, Reply, RoundReplies
+from fedcustom.federation.rounds import Clients, RoundFailed, client_update, fit_context
 
 
 def train_each(clients: Clients, server_round: int, state: State, cids: list[int],

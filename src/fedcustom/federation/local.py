@@ -19,9 +19,9 @@ from typing import Any
 import numpy as np
 from torch import nn
 
-from fedcustom.core.device import model_device, peak_memory_mb, reset_peak_memory
+from fedcustom.core.device import model_device, peak_memory_mb, peak_rss_mb, reset_peak_memory
 from fedcustom.core.types import Instructions, State
-from fedcustom.federation.rounds import Clients, client_update, fit_context, peak_rss_mb
+from fedcustom.federation.rounds import Clients, client_update, fit_context
 from fedcustom.methods.training import lr_scale
 
 LOCAL_STREAM = 7937  # keeps the local sample's draws apart from client sampling (seed, round)

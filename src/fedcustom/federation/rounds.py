@@ -1,24 +1,21 @@
 """The round loop: a Job (one prepared run), the server's side of every round, a client's update.
 
 Engines (engines/) know nothing of a method's internals: they move the method's state (as
-serialized payloads) and the round's Instructions, and bring back Replies. The server's
-side of a round (sampling, faults, screening, aggregation, evaluation, the record) is one function,
-`run_rounds`, for every engine; an engine only says how a round's clients are reached
-(`train_clients`), and every client does its work through `client_update`. An engine hands each
-reply to the round as soon as it has it (`Receive`): the round parses its payload then and drops
-the bytes, and keeps the updates beyond a memory budget on disk until aggregated
+serialized payloads) and the round's Instructions, and bring back Replies (federation/replies.py).
+The server's side of a round (sampling, faults, screening, aggregation, evaluation, the record)
+is one function, `run_rounds`, for every engine; an engine only says how a round's clients are
+reached (`train_clients`), and every client does its work through `client_update`. An engine
+hands each reply to the round as soon as it has it (`Receive`): the round parses its payload then
+and drops the bytes, and keeps the updates beyond a memory budget on disk until aggregated
 (federation/inbox.py), so past that budget a round's memory does not grow with its clients.
 """
 
 from __future__ import annotations
 
-import contextlib
 import functools
-import resource
 import time
-from collections.abc import Callable, Collection
+from collections.abc import Callable
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -26,16 +23,17 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from fedcustom.core.config import FederationConfig, TrainConfig
-from fedcustom.core.device import model_device, peak_memory_mb, reset_peak_memory
+from fedcustom.core.device import model_device, peak_memory_mb, peak_rss_mb, reset_peak_memory
 from fedcustom.core.errors import UserError
 from fedcustom.core.log import bars_off
-from fedcustom.core.payload import deserialize, serialize
-from fedcustom.core.types import FitContext, Instructions, LocalResult, State, Update
+from fedcustom.core.payload import serialize
+from fedcustom.core.types import FitContext, Instructions, LocalResult, State
 from fedcustom.data.batching import Encoded
 from fedcustom.federation.attacks import Attack
 from fedcustom.federation.faults import Faults
 from fedcustom.federation.inbox import Inbox
-from fedcustom.federation.screening import SECURE_MEAN, Sender, screen_updates
+from fedcustom.federation.replies import TrainClients, collect, payload_limit, take
+from fedcustom.federation.screening import screen_updates
 from fedcustom.methods.base import Method
 from fedcustom.methods.training import lr_scale
 from fedcustom.strategies.base import Strategy
@@ -101,54 +99,6 @@ def evaluated(server_round: int, every: int, rounds: int) -> bool:
     return server_round % every == 0 or server_round == rounds
 
 
-@dataclass(frozen=True)
-class Failure:
-    """Why a client's round failed, as it reported it."""
-
-    message: str
-    exception: Exception | None = None  # the exception itself, where the client ran on this machine
-
-
-@dataclass
-class Reply:
-    """What the server got from one client in a round: an update, or the reason there is none."""
-
-    # the serialized state (None under secure aggregation, and once the round has taken it: Receive)
-    update: bytes | None = None
-    local: LocalResult | None = None
-    examples: int = 0  # the weight of the update (the client's number of training examples)
-    failure: Failure | None = None  # the client failed
-    missing: bool = False  # no answer in time (a dead node, a lost connection)
-    sent: int | None = None  # bytes the client sent, where an engine measures them (else len(update))
-    # the engine could not take the client's update (too large, not a state of tensors): why; the
-    # round records the client as rejected, as for unreadable bytes
-    refused: str | None = None
-
-
-@dataclass(frozen=True)
-class SecureMean:
-    """Under secure aggregation, the only update the server sees: the example-weighted mean of
-    the clients' states, none of which it saw on its own."""
-
-    update: bytes  # the serialized mean state
-    examples: int
-    clients: list[int]  # whose updates are in the mean
-
-
-@dataclass
-class RoundReplies:
-    replies: dict[int, Reply]  # by client id, one per client asked
-    secure_mean: SecureMean | None = None
-
-
-# An engine calls this with each client's reply as soon as it has it, and keeps what it returns:
-# the same reply, its payload taken by the round (its size left in `sent`).
-Receive = Callable[[int, Reply], Reply]
-# (server round, serialized global state, clients to train, the round's instructions, where each
-# reply goes) -> replies
-TrainClients = Callable[[int, bytes, list[int], Instructions, Receive], RoundReplies]
-
-
 class RoundFailed(UserError):
     """Too few clients answered a round: an expected stop (one line, exit 2) after the last
     checkpoint, from which `fedcustom run --resume` goes on."""
@@ -163,25 +113,6 @@ def sample_clients(num_clients: int, fraction: float, seed: int, server_round: i
 
 def client_seed(seed: int, server_round: int, cid: int) -> int:
     return int(np.random.SeedSequence([seed, server_round, cid]).generate_state(1)[0])
-
-
-def peak_rss_mb() -> float:
-    """The process's peak resident memory since the last reset_peak_rss (Linux: VmHWM), else
-    since it started (getrusage, where /proc is not there)."""
-    try:
-        for line in Path("/proc/self/status").read_text().splitlines():
-            if line.startswith("VmHWM:"):
-                return int(line.split()[1]) / 1024  # kB
-    except OSError:
-        pass
-    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux reports KiB
-
-
-def reset_peak_rss() -> None:
-    """Start a new peak (Linux 4.0+), so a run's records hold its own peak, not an earlier run's in
-    the same process (a study, a test session). Elsewhere a no-op."""
-    with contextlib.suppress(OSError):
-        Path("/proc/self/clear_refs").write_text("5")
 
 
 def client_update(clients: Clients, state: State, ctx: FitContext) -> tuple[State, LocalResult]:
@@ -204,45 +135,6 @@ def client_update(clients: Clients, state: State, ctx: FitContext) -> tuple[Stat
 
 def fit_context(seed: int, server_round: int, cid: int, instructions: Instructions) -> FitContext:
     return FitContext(cid, server_round, client_seed(seed, server_round, cid), instructions)
-
-
-def payload_limit(down: int) -> int:
-    """The largest update the server parses: twice the global state's size, plus 64 KiB for a
-    method whose upload differs a little from its download (score search, distillation)."""
-    return 2 * down + 65536
-
-
-def take(inbox: Inbox, late: Collection[int], cid: int, reply: Reply) -> Reply:
-    """A round's Receive: client `cid`'s payload goes into `inbox`, unless the round will not use
-    it (the client failed, was late or sent something the engine refused); the reply keeps only
-    the payload's size, so no client's bytes outlive the moment they arrive."""
-    payload = reply.update
-    if payload is None:
-        return reply
-    reply.update = None
-    if reply.sent is None:
-        reply.sent = len(payload)
-    if reply.local is not None and reply.refused is None and cid not in late:
-        inbox.add(cid, payload, reply.examples)
-    return reply
-
-
-def collect(inbox: Inbox, reported: dict[int, Reply], secure: SecureMean | None
-            ) -> tuple[dict[Sender, Update], dict[int, str]]:
-    """The round's updates by sender, in client order, and why the other reported clients' updates
-    are unreadable: what `inbox` took of their replies (under secure aggregation, the one mean)."""
-    updates: dict[Sender, Update] = {}
-    unreadable: dict[int, str] = {}
-    for cid, r in reported.items():
-        if r.refused is not None:
-            unreadable[cid] = r.refused
-        elif cid in inbox.unreadable:
-            unreadable[cid] = inbox.unreadable[cid]
-        elif cid in inbox.updates:
-            updates[cid] = inbox.updates[cid]
-    if secure is not None:  # the clients' updates arrived only as their mean
-        updates = {SECURE_MEAN: Update(deserialize(secure.update), secure.examples)}
-    return updates, unreadable
 
 
 def stalled(records: list[dict[str, Any]], patience: int) -> bool:

@@ -26,6 +26,7 @@ from fedcustom.core.device import (
     autocast,
     check_precision,
     check_quantization,
+    reset_peak_rss,
     resolve_device,
     resolve_precision,
 )
@@ -38,7 +39,7 @@ from fedcustom.data import TaskData, load_task_data, partition_indices, partitio
 from fedcustom.federation.attacks import Attack
 from fedcustom.federation.faults import Faults
 from fedcustom.federation.local import local_records, local_sample, train_alone
-from fedcustom.federation.rounds import Clients, Job, reset_peak_rss
+from fedcustom.federation.rounds import Clients, Job
 from fedcustom.runs.results import RunWriter
 from fedcustom.runs.summary import headline_metric, side_by_side
 from fedcustom.runs.tracking import Tracker

@@ -38,16 +38,8 @@ from fedcustom.engines.base import Engine
 from fedcustom.engines.flower.client import config_from_text
 from fedcustom.engines.flower.deploy import CLIENT_APP, SERVER_APP, load_app, run_local
 from fedcustom.engines.flower.secagg import AuditedGrid, secure_round
-from fedcustom.federation.rounds import (
-    Failure,
-    Job,
-    Receive,
-    Reply,
-    RoundReplies,
-    SecureMean,
-    payload_limit,
-    run_rounds,
-)
+from fedcustom.federation.replies import Failure, Receive, Reply, RoundReplies, SecureMean, payload_limit
+from fedcustom.federation.rounds import Job, run_rounds
 
 # Reply errors that mean "no answer from this node", as opposed to the client failing.
 UNREACHABLE = {ErrorCode.NODE_UNAVAILABLE, ErrorCode.MESSAGE_UNAVAILABLE, ErrorCode.REPLY_MESSAGE_UNAVAILABLE}
