@@ -174,7 +174,7 @@ def site_tasks(log: Path) -> list[float]:
 
 def flower_side(cfg: Any, isolation: str, folder: Path) -> dict[str, Any]:
     from fedcustom.core.config import dumps
-    from fedcustom.engines.flower.deploy import LocalDeployment
+    from fedcustom.engines.flower.loopback import LocalDeployment
 
     start = Mark.now()
     deployment = LocalDeployment(2, folder / "deploy", isolation=isolation)
@@ -198,7 +198,8 @@ def floor_side(rounds: int, state: Path, folder: Path) -> dict[str, Any]:
     """The echo app on 2 sites in process isolation: Flower's messaging, no training."""
     import tomli_w
 
-    from fedcustom.engines.flower.deploy import LocalDeployment, flower_bin, flower_env, write_connection
+    from fedcustom.engines.flower.deploy import flower_bin, flower_env, write_connection
+    from fedcustom.engines.flower.loopback import LocalDeployment
 
     app = folder / "echo-app"
     app.mkdir(parents=True, exist_ok=True)

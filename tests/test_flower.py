@@ -27,7 +27,8 @@ from safetensors.torch import load_file
 
 from fedcustom.core.config import ConfigError, dumps
 from fedcustom.core.errors import UserError
-from fedcustom.engines.flower.deploy import LocalDeployment, Security, free_port, write_app
+from fedcustom.engines.flower.deploy import Security, write_app
+from fedcustom.engines.flower.loopback import LocalDeployment, free_port
 from fedcustom.federation.faults import Faults
 from fedcustom.runs.experiment import run_experiment
 from fedcustom.runs.results import CHECKPOINT, load_checkpoint

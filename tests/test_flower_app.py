@@ -15,7 +15,8 @@ from test_flower import assert_same_run, in_process, records
 from fedcustom.apps.run_config import app_run
 from fedcustom.core.config import ConfigError, dumps, load_config, to_dict
 from fedcustom.core.errors import UserError
-from fedcustom.engines.flower.deploy import LocalDeployment, flower_bin, flower_env, write_connection
+from fedcustom.engines.flower.deploy import flower_bin, flower_env, write_connection
+from fedcustom.engines.flower.loopback import LocalDeployment
 
 APP = Path(__file__).resolve().parent.parent / "flower-app"
 DEMO = Path(__file__).resolve().parent.parent / "src" / "fedcustom" / "configs" / "demo.toml"

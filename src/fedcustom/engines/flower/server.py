@@ -36,7 +36,8 @@ from fedcustom.core.registry import ENGINES
 from fedcustom.core.types import Instructions, LocalResult, State
 from fedcustom.engines.base import Engine
 from fedcustom.engines.flower.client import config_from_text
-from fedcustom.engines.flower.deploy import CLIENT_APP, SERVER_APP, load_app, run_local
+from fedcustom.engines.flower.deploy import CLIENT_APP, SERVER_APP, load_app
+from fedcustom.engines.flower.loopback import run_local
 from fedcustom.engines.flower.secagg import AuditedGrid, secure_round
 from fedcustom.federation.replies import Failure, Receive, Reply, RoundReplies, SecureMean, payload_limit
 from fedcustom.federation.rounds import Job, run_rounds
@@ -70,7 +71,7 @@ class FlowerEngine(Engine):
 
     @classmethod
     def launch(cls, cfg: ExperimentConfig, resume_dir: Path | None = None) -> Path | None:
-        """From `fedcustom run`: a whole federation on this machine (see deploy.run_local)."""
+        """From `fedcustom run`: a whole federation on this machine (see loopback.run_local)."""
         if CURRENT.get() is not None:
             return None  # already inside the ServerApp
         return run_local(cfg, resume_dir)
