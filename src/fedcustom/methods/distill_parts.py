@@ -3,7 +3,7 @@ small model types clients may run, the public proxy set, and the loss that pulls
 soft targets.
 
 A client spec is one string of `key=value` words, e.g. "model=minilm layers=3 method=lora rank=4",
-so the config stays a flat, checked list (core/config.py coerces only scalars and lists of them).
+so the config stays a flat, checked list (core/options.py coerces only scalars and lists of them).
 Keys: `model` (a backbone name or path as in [model], or `bow` for a bag-of-embeddings model over
 the server tokenizer's vocabulary), `layers` (keep the backbone's first N layers; 0: all), `method`
 (a registered weight-exchanging method that customizes the backbone), `dim` (bow embedding width),
