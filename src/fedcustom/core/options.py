@@ -50,7 +50,6 @@ class ComponentSpec:
     options: Any
 
 
-
 # --- building from TOML ------------------------------------------------------------------------
 
 DEFAULT_COMPONENTS = {"method": "prefix", "strategy": "fedavg"}
