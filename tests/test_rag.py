@@ -27,7 +27,7 @@ from fedcustom.rag.federation import (
     publish_summaries,
 )
 from fedcustom.rag.generate import Generator
-from fedcustom.rag.routing import CentroidRouter, client_scores, route
+from fedcustom.rag.routing import Summary, SummaryRouter, client_scores, holds, route, term_filter, words
 from fedcustom.rag.store import Document, Encoder, LocalStore, Passage, chunk_words
 
 TOPICS = {
@@ -163,38 +163,74 @@ def test_traffic_counts_the_serialized_messages(encoder: Encoder) -> None:
 
 def test_routing_picks_the_clients_with_the_nearest_centroid_by_hand() -> None:
     e = np.eye(3, dtype=np.float32)
-    summaries = [e[[0]], np.stack([e[1], e[2]]), np.zeros((0, 3), np.float32), e[[2]] * 0.5]
+    vectors = (e[[0]], np.stack([e[1], e[2]]), np.zeros((0, 3), np.float32), e[[2]] * 0.5)
+    summaries = [Summary(c) for c in vectors]
     query = np.array([[0.1, 0.6, 0.8]], dtype=np.float32)
     # cosines: client 0 0.1; client 1 max(0.6, 0.8) = 0.8; client 2 no summary; client 3 0.4
-    np.testing.assert_allclose(client_scores(query, summaries)[[0, 1, 3]], [0.1, 0.8, 0.4], rtol=1e-6)
-    assert client_scores(query, summaries)[2] == -np.inf
-    assert route(query, summaries, 1) == [1] and route(query, summaries, 2) == [1, 3]
-    assert route(query, summaries, 3) == [0, 1, 3]
-    assert route(np.zeros((1, 3), np.float32), summaries, 2) == [0, 1]  # ties: lower index first
+    scores = client_scores(query, summaries)
+    np.testing.assert_allclose(scores[[0, 1, 3]], [0.1, 0.8, 0.4], rtol=1e-6)
+    assert scores[2] == -np.inf
+    assert route(scores, 1) == [1] and route(scores, 2) == [1, 3] and route(scores, 3) == [0, 1, 3]
+    assert route(client_scores(np.zeros((1, 3), np.float32), summaries), 2) == [0, 1]  # ties: lower index
+
+
+def test_term_filter_holds_its_words_and_the_lexical_score_is_a_client_level_idf_by_hand() -> None:
+    assert words("The Bank of England's rate, 2025!") == {"the", "bank", "england", "rate", "2025"}
+    texts = ["Gordon Brown spoke at the Treasury", "the budget"]
+    packed = term_filter(texts, 1024)
+    assert packed.dtype == np.uint8 and len(packed) == 128
+    assert all(holds(packed, w) for w in words(" ".join(texts)))
+    absent = [f"word{i}" for i in range(200)]
+    assert sum(holds(packed, w) for w in absent) < 5  # 7 words in 1,024 bits: ~0.01% false positives
+    with pytest.raises(UserError, match="term_bits = 12"):
+        term_filter(texts, 12)
+    flat = np.ones((1, 2), np.float32) / np.sqrt(2)
+    summaries = [Summary(flat, term_filter(["brown treasury budget"], 4096)),
+                 Summary(flat, term_filter(["the treasury"], 4096)),
+                 Summary(flat, term_filter(["the match"], 4096))]
+    query = np.array([[1.0, 0.0]], np.float32)  # every client's cosine: 1/sqrt(2)
+    # "the" (held by 2 of 3 clients: log 3/2), "brown" (1 of 3: log 3), "treasury" (2: log 3/2)
+    lexical = [np.log(3) + np.log(1.5), 2 * np.log(1.5), np.log(1.5)]
+    got = client_scores(query, summaries, "The Brown treasury", term_weight=0.5)
+    np.testing.assert_allclose(got, 1 / np.sqrt(2) + 0.5 * np.array(lexical), rtol=1e-6)
+    assert route(got, 1) == [0] and route(client_scores(query, summaries, "the match", 1.0), 1) == [2]
+    encoder_free = [Summary(flat)] * 3
+    with pytest.raises(UserError, match="term_bits > 0"):
+        SummaryRouter(encoder_free, 1, encoder=None, term_weight=1.0)  # type: ignore[arg-type]
+    with pytest.raises(UserError, match="term_weight = -1"):
+        SummaryRouter(summaries, 1, encoder=None, term_weight=-1.0)  # type: ignore[arg-type]
 
 
 def test_routed_retrieval_asks_only_the_chosen_clients_and_all_of_them_is_exact(encoder: Encoder) -> None:
     stores = text_stores(encoder)
     clients = [RecordingClient(s) for s in stores]
     summaries, summary_bytes = publish_summaries(clients, 2, seed=0)
-    assert [len(s) for s in summaries] == [2] * len(stores) and summary_bytes > 0
-    assert all(np.allclose(np.linalg.norm(s, axis=1), 1, atol=2e-3) for s in summaries)  # float16
+    assert [len(s.centroids) for s in summaries] == [2] * len(stores) and summary_bytes > 0
+    assert all(np.allclose(np.linalg.norm(s.centroids, axis=1), 1, atol=2e-3) for s in summaries)  # float16
+    assert all(len(s.terms) == 0 for s in summaries)
+    with_terms, with_terms_bytes = publish_summaries(clients, 2, seed=0, term_bits=8192)
+    assert all(len(s.terms) == 1024 for s in with_terms)
+    assert with_terms_bytes > summary_bytes + 1024 * len(stores)
+    for store, s in zip(stores, with_terms, strict=True):  # each filter holds its client's words
+        assert all(holds(s.terms, w) for p in store.passages for w in words(p.text))
     exact = FederatedRetriever([RagClient(s) for s in stores], k=3)
     everyone = FederatedRetriever([RagClient(s) for s in stores], k=3,
-                                  router=CentroidRouter(summaries, len(stores), encoder))
-    one = FederatedRetriever(clients, k=3, router=CentroidRouter(summaries, 1, encoder))
+                                  router=SummaryRouter(summaries, len(stores), encoder))
+    one = FederatedRetriever(clients, k=3, router=SummaryRouter(summaries, 1, encoder))
     for query in ["a kitten naps on the sofa", "crusty loaves of bread"]:
         expected, traffic = exact.retrieve(query)
         assert [h.doc_id for h in everyone.retrieve(query)[0]] == [h.doc_id for h in expected]
         for c in clients:
             c.requests.clear()
         hits, routed = one.retrieve(query)
-        chosen = route(encoder.encode_query(query), summaries, 1)
+        chosen = route(client_scores(encoder.encode_query(query), summaries), 1)
         assert routed.clients_queried == 1 and traffic.clients_queried == len(stores)
         assert [c for c, client in enumerate(clients) if client.requests] == chosen
         assert {h.client for h in hits} == set(chosen) and routed.down < traffic.down
+        lexical = SummaryRouter(with_terms, 1, encoder, term_weight=10.0).choose(query)
+        assert lexical == route(client_scores(encoder.encode_query(query), with_terms, query, 10.0), 1)
     with pytest.raises(UserError, match="clients_per_query = 5"):
-        CentroidRouter(summaries, 5, encoder)
+        SummaryRouter(summaries, 5, encoder)
 
 
 def test_score_merge_refuses_clients_with_different_encoders_rrf_accepts(
@@ -340,6 +376,10 @@ def test_cli_index_add_and_ask(tiny_model_dir: Path, wordpiece_llama_dir: Path, 
                  "--no-generate", "--json", "--route", "1", "--centroids", "2"]) == 0
     out = json.loads(capsys.readouterr().out)
     assert out["traffic"]["clients_queried"] == 1 and out["passages"][0]["doc_id"] == "bread.txt"
+    assert main(["rag", "ask", "q", "--query", " ".join(TOPICS["bread"].split()[:8]), "--stores", *stores,
+                 "--no-generate", "--json", "--route", "1", "--centroids", "2", "--term-weight", "0.5"]) == 0
+    out = json.loads(capsys.readouterr().out)
+    assert out["traffic"]["clients_queried"] == 1 and out["passages"][0]["doc_id"] == "bread.txt"
     assert main(["rag", "ask", "q", "--stores", *stores, "--no-generate", "--route", "3"]) == 2  # 2 clients
     assert main(["rag", "ask", "q", "--stores", str(tmp_path / "nowhere"), "--no-generate"]) == 2
 
@@ -360,6 +400,8 @@ topic_questions = 5
 [routing]
 clients_per_query = [2, 5]
 centroids = [1, 2]
+term_weights = [0, 0.1]
+term_bits = 4096
 validation_queries = 4
 [generator]
 name = "{wordpiece_llama_dir}"
@@ -372,8 +414,8 @@ max_new_tokens = 2
     assert exact["agreement@5_with_centralized"] == 1.0 and exact["recall@5"] == central["recall@5"]
     assert exact["passages_sent_per_query"] == 5 and exact["clients_queried_per_query"] == 5
     routing = metrics["routing"]
-    settings = [(v["centroids"], v["clients_per_query"]) for v in routing["variants"]]
-    assert settings == [(1, 2), (1, 5), (2, 2), (2, 5)]
+    settings = [(v["centroids"], v["term_weight"], v["clients_per_query"]) for v in routing["variants"]]
+    assert settings == [(c, w, n) for c in (1, 2) for w in (0, 0.1) for n in (2, 5)]
     for v in routing["variants"]:
         assert v["test"]["clients_queried_per_query"] == v["validation"]["clients_queried_per_query"] == \
             v["clients_per_query"]
@@ -383,7 +425,9 @@ max_new_tokens = 2
         else:
             assert v["test"]["bytes_down_per_query"] < exact["bytes_down_per_query"]
     assert routing["validation_queries"] == 4
-    assert 0 < routing["summary_bytes_total"]["1"] < routing["summary_bytes_total"]["2"]
+    summary = routing["summary_bytes_total"]
+    assert 0 < summary["1"] < summary["2"] < summary["1+4096"] < summary["2+4096"]
+    assert summary["1+4096"] - summary["1"] > 5 * 512  # five clients' filters of 512 bytes each
     assert "## Query routing" in (run_dir / "report.md").read_text()
     assert metrics["answers"]["questions"] == 5 and (run_dir / "report.md").is_file()
     assert len(open_retriever(sorted((run_dir / "stores").iterdir())).clients) == 5

@@ -21,7 +21,8 @@ def cmd_ask(args: argparse.Namespace) -> None:
 
     torch.set_num_threads(args.threads)
     retriever = open_retriever(args.stores, args.k, args.per_client_k, args.merge,
-                               two_phase=not args.one_phase, route=args.route, centroids=args.centroids)
+                               two_phase=not args.one_phase, route=args.route, centroids=args.centroids,
+                               term_weight=args.term_weight)
     generator = None if args.no_generate else Generator(args.generator, args.adapter, args.max_new_tokens,
                                                         args.passage_words, args.answer_prefix)
     result = ask(args.question, retriever, generator, args.context_passages, args.query)
@@ -76,9 +77,11 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     ask.add_argument("--one-phase", action="store_true",
                      help="clients send passage texts with their scores (default: only the winners' texts)")
     ask.add_argument("--route", type=int, default=0, metavar="N",
-                     help="ask only the N clients whose published centroids are nearest the query (0: all)")
+                     help="ask only the N clients whose published summaries score best (0: all)")
     ask.add_argument("--centroids", type=positive, default=16,
                      help="k-means centroids each client publishes for --route")
+    ask.add_argument("--term-weight", type=float, default=0.1,
+                     help="weight of the clients' word filters in --route's score (0: centroids alone)")
     ask.add_argument("--generator", default="smollm2", help="causal LM: packaged name, local dir or hub id")
     ask.add_argument("--adapter", default="", help="PEFT adapter folder for the generator")
     ask.add_argument("--max-new-tokens", type=positive, default=64)

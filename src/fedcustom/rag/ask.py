@@ -10,7 +10,7 @@ from pathlib import Path
 from fedcustom.core.errors import UserError
 from fedcustom.rag.federation import FederatedRetriever, Hit, RagClient, Traffic, publish_summaries
 from fedcustom.rag.generate import Generator
-from fedcustom.rag.routing import CentroidRouter
+from fedcustom.rag.routing import SummaryRouter
 from fedcustom.rag.store import Document, LocalStore, load_encoder
 
 
@@ -35,14 +35,17 @@ def ask(question: str, retriever: FederatedRetriever, generator: Generator | Non
 
 def open_retriever(store_dirs: Sequence[str | Path], k: int = 5, per_client_k: int = 0, merge: str = "score",
                    rrf_k: int = 60, two_phase: bool = True, route: int = 0,
-                   centroids: int = 16) -> FederatedRetriever:
+                   centroids: int = 16, term_weight: float = 0.0,
+                   term_bits: int = 65536) -> FederatedRetriever:
     """One client per saved store folder, each with the encoder it was built with. `route` > 0:
-    each query goes only to that many clients, chosen by the `centroids` each client publishes."""
+    each query goes only to that many clients, chosen by the summaries each client publishes
+    (`centroids`, and a word filter of `term_bits` where `term_weight` > 0; rag.routing)."""
     clients = [RagClient(LocalStore.load(path)) for path in store_dirs]
     router = None
     if route:
-        summaries, _ = publish_summaries(clients, centroids, seed=0)
-        router = CentroidRouter(summaries, route, clients[0].store.encoder)
+        bits = term_bits if term_weight else 0
+        summaries, _ = publish_summaries(clients, centroids, seed=0, term_bits=bits)
+        router = SummaryRouter(summaries, route, clients[0].store.encoder, term_weight)
     return FederatedRetriever(clients, k, per_client_k, merge, rrf_k, two_phase, router)
 
 

@@ -80,6 +80,11 @@ class RoutingConfig:
     centroids: tuple[int, ...] = opt(
         (4,), "k-means centroids of its passage vectors each client publishes once for routing; several: "
               "each is evaluated (choose on the validation queries)")
+    term_weights: tuple[float, ...] = opt(
+        (0.0,), "weight of the lexical score (client-level IDF of the query's words found in a client's "
+                "Bloom filter of its passages' words) added to the centroid cosine; 0: centroids alone; "
+                "several: each is evaluated (choose on the validation queries)")
+    term_bits: int = opt(65536, "bits of each client's word filter (published when a term weight is > 0)")
     validation_queries: int = opt(
         500, "queries on stored articles that are not query articles, asked like the evaluation's: "
              "routing variants are scored on them too, to choose a setting without the test queries")
@@ -88,6 +93,9 @@ class RoutingConfig:
         check(all(n >= 1 for n in self.clients_per_query), "clients_per_query", "integers >= 1")
         check(bool(self.centroids) and all(c >= 1 for c in self.centroids), "centroids",
               "a non-empty list of integers >= 1")
+        check(all(w >= 0 for w in self.term_weights) and bool(self.term_weights), "term_weights",
+              "a non-empty list of numbers >= 0")
+        check(self.term_bits >= 8 and self.term_bits % 8 == 0, "term_bits", "a positive multiple of 8")
         check(self.validation_queries >= 1, "validation_queries", "an integer >= 1")
 
 

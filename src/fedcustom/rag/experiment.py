@@ -29,7 +29,7 @@ from fedcustom.rag.federation import (
     publish_summaries,
 )
 from fedcustom.rag.generate import Generator
-from fedcustom.rag.routing import CentroidRouter
+from fedcustom.rag.routing import SummaryRouter
 from fedcustom.rag.store import Encoder, LocalStore, load_encoder
 from fedcustom.rag.tuning import tuning_study
 
@@ -60,18 +60,25 @@ def routing_study(clients: list[RagClient], encoder: Encoder, corpus: Corpus, cf
     out: dict[str, Any] = {"validation_queries": len(validation), "summary_bytes_total": {}, "variants": [],
                            "exact_validation": evaluate_retrieval(exact, validation, None, k)[0]}
     for count in ro.centroids:
-        summaries, summary_bytes = publish_summaries(clients, count, cfg.seed)
-        out["summary_bytes_total"][str(count)] = summary_bytes
-        for n in ro.clients_per_query:
-            router = CentroidRouter(summaries, n, encoder)
-            routed = FederatedRetriever(clients, k, merge="score", router=router)
-            test = evaluate_retrieval(routed, corpus.queries, reference, k)[0]
-            val = evaluate_retrieval(routed, validation, None, k)[0]
-            out["variants"].append({"centroids": count, "clients_per_query": n, "test": test,
-                                    "validation": val})
-            log(f"routing: {count} centroids, {n} clients: test recall@{k} {test[f'recall@{k}']:.3f}, "
-                f"validation {val[f'recall@{k}']:.3f}")
+        for weight in ro.term_weights:
+            bits = ro.term_bits if weight else 0
+            summaries, summary_bytes = publish_summaries(clients, count, cfg.seed, bits)
+            out["summary_bytes_total"][summary_key(count, bits)] = summary_bytes
+            for n in ro.clients_per_query:
+                router = SummaryRouter(summaries, n, encoder, weight)
+                routed = FederatedRetriever(clients, k, merge="score", router=router)
+                test = evaluate_retrieval(routed, corpus.queries, reference, k)[0]
+                val = evaluate_retrieval(routed, validation, None, k)[0]
+                out["variants"].append({"centroids": count, "term_weight": weight, "term_bits": bits,
+                                        "clients_per_query": n, "test": test, "validation": val})
+                log(f"routing: {count} centroids, term weight {weight}, {n} clients: test "
+                    f"recall@{k} {test[f'recall@{k}']:.3f}, validation {val[f'recall@{k}']:.3f}")
     return out
+
+
+def summary_key(centroids: int, term_bits: int) -> str:
+    """The key of a summary's bytes in metrics.json: "16" (centroids alone), "16+65536" (with terms)."""
+    return f"{centroids}+{term_bits}" if term_bits else str(centroids)
 
 
 def run_rag_experiment(cfg: RagConfig, log: Callable[[str], None] = print) -> Path:
@@ -213,22 +220,26 @@ def render_routing(cfg: RagConfig, s: dict[str, Any]) -> list[str]:
     exact, exact_val = s["retrieval"][EXACT], r["exact_validation"]
     recall = f"recall@{k}"
     lines = ["## Query routing", "",
-             "Each client publishes once the k-means centroids of its passage vectors (float16); the "
-             "server embeds each query and asks only the clients whose nearest centroid is most "
-             "similar to it, then merges their replies exactly. Share: recall of the routed "
+             "Each client publishes once the k-means centroids of its passage vectors (float16) and, "
+             "where the term weight is > 0, a Bloom filter of its passages' words; the server scores "
+             "each client by the cosine of the query with its nearest centroid plus term weight x the "
+             "client-level IDF of the query's words its filter holds, asks only the best-scored "
+             "clients, then merges their replies exactly. Share: recall of the routed "
              f"retrieval over that of exact federated retrieval ({exact[recall]:.3f} on the test "
              f"queries, {exact_val[recall]:.3f} on {r['validation_queries']} validation queries: "
              "stored articles that are not query articles, asked the same way; choose a setting on "
              "these).", "",
-             "| centroids per client | summary bytes, all clients, once | clients asked | validation "
-             f"share | test {recall} | test share | agreement@{k} with centralized | bytes/query |",
-             "|---|---|---|---|---|---|---|---|",
-             f"| - | 0 | {clients} (exact) | 100% | {exact[recall]:.3f} | 100% | "
+             "| centroids per client | term weight | summary bytes, all clients, once | clients asked "
+             f"| validation share | test {recall} | test share | agreement@{k} with centralized "
+             "| bytes/query |",
+             "|---|---|---|---|---|---|---|---|---|",
+             f"| - | - | 0 | {clients} (exact) | 100% | {exact[recall]:.3f} | 100% | "
              f"{exact[f'agreement@{k}_with_centralized']:.3f} | {exact['bytes_per_query']:.0f} |"]
     for v in r["variants"]:
         t, val, n = v["test"], v["validation"], v["clients_per_query"]
-        summary = r["summary_bytes_total"][str(v["centroids"])]
-        lines.append(f"| {v['centroids']} | {summary:,} | {n} ({n / clients:.0%}) | "
+        summary = r["summary_bytes_total"][summary_key(v["centroids"], v.get("term_bits", 0))]
+        lines.append(f"| {v['centroids']} | {v.get('term_weight', 0)} | {summary:,} | "
+                     f"{n} ({n / clients:.0%}) | "
                      f"{share(val[recall], exact_val[recall])} | {t[recall]:.3f} | "
                      f"{share(t[recall], exact[recall])} | {t[f'agreement@{k}_with_centralized']:.3f} | "
                      f"{t['bytes_per_query']:.0f} |")

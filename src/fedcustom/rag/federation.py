@@ -21,7 +21,7 @@ import numpy as np
 
 from fedcustom.core.errors import UserError
 from fedcustom.core.registry import Registry
-from fedcustom.rag.routing import centroids
+from fedcustom.rag.routing import Summary, centroids, term_filter
 from fedcustom.rag.store import Encoder, LocalStore, Passage
 
 
@@ -95,9 +95,12 @@ class RagClient:
             if msg.get("with_passages"):
                 reply["passages"] = [passage_record(self.store.passages[i]) for i in ids]
             return pack(reply)
-        if msg.get("op") == "summary":  # query routing: centroids of this client's passage vectors
+        if msg.get("op") == "summary":  # query routing: centroids of its vectors, a filter of its words
             summary = centroids(self.store, int(msg["centroids"]), int(msg["seed"]))
-            return pack({"centroids": encode_array(summary), "shape": list(summary.shape)})
+            bits = int(msg.get("term_bits", 0))
+            terms = term_filter((p.text for p in self.store.passages), bits) if bits else b""
+            return pack({"centroids": encode_array(summary), "shape": list(summary.shape),
+                         "terms": base64.b64encode(bytes(terms)).decode()})
         if msg.get("op") == "fetch":
             ids = [int(i) for i in msg["ids"]]
             if any(not 0 <= i < len(self.store) for i in ids):
@@ -180,12 +183,16 @@ class FederatedRetriever:
         return [replace(h, **text_fields(texts[h.client, h.passage])) for h in winners]
 
 
-def publish_summaries(clients: Sequence[RagClient], count: int, seed: int) -> tuple[list[np.ndarray], int]:
-    """Ask every client once for its routing summary: (centroids per client, bytes of the messages)."""
+def publish_summaries(clients: Sequence[RagClient], count: int, seed: int,
+                      term_bits: int = 0) -> tuple[list[Summary], int]:
+    """Ask every client once for its routing summary: `count` centroids and, with `term_bits`, a
+    filter of its words. Returns the summaries and the bytes of the messages."""
     traffic = Traffic()
-    request = {"op": "summary", "centroids": count, "seed": seed}
+    request = {"op": "summary", "centroids": count, "seed": seed, "term_bits": term_bits}
     replies = [traffic.call(client, request) for client in clients]
-    return [decode_array(r["centroids"], r["shape"]) for r in replies], traffic.down + traffic.up
+    return [Summary(decode_array(r["centroids"], r["shape"]),
+                    np.frombuffer(base64.b64decode(r["terms"]), dtype=np.uint8)) for r in replies], \
+        traffic.down + traffic.up
 
 
 def encode_array(values: np.ndarray) -> str:
