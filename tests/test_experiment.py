@@ -58,6 +58,19 @@ def test_same_config_and_seed_give_the_same_numbers(tiny_config) -> None:
     assert r1 != r3
 
 
+def test_centralized_lr_is_the_centralized_modes_own_rate(tiny_config) -> None:
+    """train.centralized_lr trains the centralized mode as train.lr would, and leaves the
+    federated mode alone."""
+    def run(**train: float) -> dict[str, list]:
+        out = run_experiment(tiny_config(train=train), log=lambda *_: None)
+        return {m: [(r.get("train_loss"), r["test_accuracy"]) for r in out[m].records]
+                for m in ("federated", "centralized")}
+
+    own, same = run(lr=0.05, centralized_lr=0.01), run(lr=0.01)
+    assert own["centralized"] == same["centralized"]
+    assert own["federated"] == run(lr=0.05)["federated"] != same["federated"]
+
+
 def test_client_sampling_fraction(tiny_config) -> None:
     cfg = tiny_config(partition={"num_clients": 4}, federation={"fraction_fit": 0.5},
                       modes=["federated"])

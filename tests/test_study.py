@@ -56,6 +56,18 @@ def test_grid_shares_centralized_baselines_across_partitions(study_file: Path) -
     assert long.config.modes == ("federated",)
 
 
+def test_centralized_lr_reaches_the_centralized_runs_alone(study_file: Path) -> None:
+    """The centralized mode's own rate is left out of the other modes' configs, so adding it to a
+    study keeps its finished federated runs valid."""
+    before = load_study(study_file)
+    study = load_study(study_file, ['grid.prefix.long."train.centralized_lr"=0.005'])
+    for run_id, run in study.runs.items():
+        expected = 0.005 if run.mode == "centralized" and run.labels["prefix"] == "long" else 0.0
+        assert run.config.train.centralized_lr == expected
+        if run.mode == "federated":
+            assert run.config == before.runs[run_id].config
+
+
 def test_bad_cells_fail_before_anything_runs(study_file: Path, tmp_path: Path) -> None:
     with pytest.raises(ConfigError, match="partition.alpha = -1.0"):
         load_study(study_file, ['grid."partition.alpha"=[1.0, -1.0]'])

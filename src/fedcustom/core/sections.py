@@ -115,6 +115,10 @@ class GenerationConfig:
 class TrainConfig:
     lr: float = opt(1e-2, "learning rate of the method's trainable tensors (AdamW)")
     head_lr: float = opt(0.0, "learning rate of the task head (0: same as lr)")
+    centralized_lr: float = opt(
+        0.0, "centralized mode's learning rate (0: lr). One client over all the data takes many more "
+             "steps an epoch than a federated client a round, so its best rate can differ: choose it "
+             "on the validation split")
     lr_schedule: Literal["constant", "cosine"] = opt(
         "constant", "learning rates over rounds (epochs, centralized): constant, or cosine decay")
     batch_size: int = opt(16, "examples per forward/backward pass (a micro-batch when grad_accumulation > 1)")
@@ -133,6 +137,7 @@ class TrainConfig:
     def __post_init__(self) -> None:
         check(self.lr > 0, "lr", "a number > 0")
         check(self.head_lr >= 0, "head_lr", "a number >= 0")
+        check(self.centralized_lr >= 0, "centralized_lr", "a number >= 0")
         check(self.batch_size >= 1, "batch_size", "an integer >= 1")
         check(self.grad_accumulation >= 1, "grad_accumulation", "an integer >= 1")
         check(self.local_epochs >= 1, "local_epochs", "an integer >= 1")

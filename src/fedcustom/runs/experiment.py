@@ -14,7 +14,7 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -171,7 +171,8 @@ def execute(cfg: ExperimentConfig, resume_dir: Path | None, log: Any,
                 strategy = STRATEGIES.get(cfg.strategy.name)(cfg.strategy.options)
                 fraction = cfg.federation.fraction_fit
             else:
-                clients = Clients(model, method, train, [np.arange(len(train))], cfg.train, cfg.seed)
+                own = replace(cfg.train, lr=cfg.train.centralized_lr or cfg.train.lr)
+                clients = Clients(model, method, train, [np.arange(len(train))], own, cfg.seed)
                 strategy, fraction = FedAvg(FedAvgOptions()), 1.0
             writer = RunWriter(run_dir / mode)
             start, state = 0, initial

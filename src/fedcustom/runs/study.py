@@ -43,6 +43,9 @@ from fedcustom.runs.tracking import with_experiment
 # Config sections a centralized baseline never reads: cells differing only here share it.
 NOT_CENTRALIZED = ("partition", "strategy", "attack", "faults")
 NOT_CENTRALIZED_KEYS = ("federation.fraction_fit", "federation.max_norm_factor")
+# Read by the centralized mode alone: the other modes' configs keep its default, so adding it to a
+# study does not make its finished federated and local runs differ from the study.
+ONLY_CENTRALIZED_KEYS = ("train.centralized_lr",)
 STUDY_KEYS = ("name", "seeds", "description")
 
 
@@ -140,6 +143,10 @@ def cell_config(base: dict[str, Any], overrides: dict[str, Any], seed: int, mode
                 raise ConfigError(f"{where}: '{key}': '{part}' is not a table")
         table[last] = copy.deepcopy(value)
     raw.update(seed=seed, modes=[mode], name=name)
+    if mode != "centralized":
+        for key in ONLY_CENTRALIZED_KEYS:
+            table, last = key.split(".")
+            raw.get(table, {}).pop(last, None)
     with_experiment(raw, study)  # tracked runs of a study: one MLflow experiment named after it
     try:
         return build(ExperimentConfig, raw)
