@@ -78,7 +78,7 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
                      help="clients send passage texts with their scores (default: only the winners' texts)")
     ask.add_argument("--route", type=int, default=0, metavar="N",
                      help="ask only the N clients whose published summaries score best (0: all)")
-    ask.add_argument("--centroids", type=positive, default=16,
+    ask.add_argument("--centroids", type=positive, default=64,
                      help="k-means centroids each client publishes for --route")
     ask.add_argument("--term-weight", type=float, default=0.1,
                      help="weight of the clients' word filters in --route's score (0: centroids alone)")
