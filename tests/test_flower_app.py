@@ -68,7 +68,7 @@ def test_flwr_run_with_the_app_project_on_loopback(tiny_model_dir: Path, sentime
     saved = load_config(run_dir / "config.toml")
     assert (saved.engine, saved.federation.rounds, saved.train.lr, saved.train.lr_schedule) == (
         "flower", 2, 0.05, "constant")
-    assert (saved.partition.num_clients, saved.method.name, saved.train.batch_size) == (2, "prefix", 16)
+    assert (saved.partition.num_clients, saved.method.name, saved.train.batch_size) == (2, "prefix", 32)
     assert_same_run(run_dir, in_process(saved, tmp_path / "sim"))
     for cid in (0, 1):  # each site built its model once and kept it for both rounds
         log = (tmp_path / "deploy" / f"supernode-{cid}.log").read_text(errors="replace")
