@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import json
 import os
-import platform
 import statistics
 import subprocess
 import sys
@@ -65,44 +64,10 @@ def one_thread() -> None:
     os.environ.setdefault("OMP_NUM_THREADS", "1")
 
 
-# CPU features that decide how fast a matmul can be: bf16 runs on AMX tiles or AVX-512 BF16
-# instructions where the CPU has them, and is emulated (often slower than fp32) where it has not
-CPU_FLAGS = ("avx2", "fma", "avx512f", "avx512_bf16", "avx512_fp16", "amx_tile", "amx_bf16")
-
-
-def cpu_features() -> dict[str, Any]:
-    """Which of CPU_FLAGS /proc/cpuinfo lists (None where it lists no x86 `flags`), and the
-    vector instruction set torch's CPU kernels chose."""
-    info = Path("/proc/cpuinfo")
-    flags = next((set(line.split(":", 1)[1].split()) for line in info.read_text().splitlines()
-                  if line.startswith("flags")), None) if info.exists() else None
-    return {"cpu_flags": {f: f in flags for f in CPU_FLAGS} if flags is not None else None,
-            "torch_cpu_capability": torch.backends.cpu.get_cpu_capability()}
-
-
 def machine_info() -> dict[str, Any]:
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor()) if Path("/proc/cpuinfo").exists() \
-        else platform.processor()
-    import peft
-    import transformers
+    from fedcustom.core.device import machine_info as info  # fedcustom imports stay lazy here
 
-    return {
-        "platform": platform.platform(),
-        "python": platform.python_version(),
-        "cpu": cpu,
-        "cpu_count": os.cpu_count(),
-        **cpu_features(),
-        "memory_gb": round(psutil.virtual_memory().total / 2**30, 1),
-        "load_average": [round(x, 2) for x in os.getloadavg()],  # others' jobs share the machine
-        "torch": torch.__version__,
-        "torch_threads": torch.get_num_threads(),
-        "cuda": torch.cuda.is_available(),
-        **({"gpu": torch.cuda.get_device_name(0), "torch_cuda": torch.version.cuda}
-           if torch.cuda.is_available() else {}),
-        "transformers": transformers.__version__,
-        "peft": peft.__version__,
-    }
+    return info()
 
 
 def git_commit() -> str:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import dataclasses
+import json
 import os
 import signal
 import subprocess
@@ -17,6 +18,7 @@ from safetensors.torch import load_file
 
 from fedcustom.cli import main
 from fedcustom.core.config import dumps
+from fedcustom.core.device import resolve_precision
 from fedcustom.runs.experiment import resume_experiment, run_experiment
 from fedcustom.runs.results import CHECKPOINT, load_checkpoint, read_records
 
@@ -73,6 +75,12 @@ def test_interrupted_run_resumes_to_the_same_result(tiny_config, stop_at: tuple[
     assert seen == expected
     assert_same(run_dir, reference, ["federated", "centralized"])
     assert (run_dir / "summary.txt").read_text() != ""
+    # where each start ran: the first start's entry is kept, the resume's appended
+    starts = json.loads((run_dir / "machine.json").read_text())
+    assert len(starts) == 2 and starts[0]["started"] <= starts[1]["started"]
+    auto = resolve_precision(torch.device("cpu"), "auto")  # bf16 on CPUs with native bf16, else fp32
+    assert {s["precision"] for s in starts} == {auto} and starts[1]["device"] == "cpu"
+    assert starts[1]["cpu_count"] == os.cpu_count()
 
 
 @pytest.mark.parametrize("stop", [signal.SIGKILL, signal.SIGTERM])

@@ -20,7 +20,7 @@ import subprocess
 import sys
 from pathlib import Path
 
-RUN_FILES = ("config.toml", "partition.txt", "summary.txt", "labels.json")
+RUN_FILES = ("config.toml", "partition.txt", "summary.txt", "labels.json", "machine.json")
 # adapter/prompt.json: a prompt method's final prompt (template and label words), a few hundred bytes
 MODE_FILES = ("rounds.jsonl", "rounds.csv", "clients.json", "prompt.json", "adapter/prompt.json")
 MODES = ("federated", "centralized", "local")

@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import os
+import platform
 import re
 import resource
 from contextlib import AbstractContextManager
@@ -61,6 +63,52 @@ def cpu_flags() -> frozenset[str]:
         return frozenset()
     line = next((x for x in info.read_text().splitlines() if x.startswith("flags")), "")
     return frozenset(line.partition(":")[2].split())
+
+
+@functools.cache
+def cpu_model() -> str:
+    info = Path("/proc/cpuinfo")
+    lines = info.read_text().splitlines() if info.is_file() else []
+    return next((x.partition(":")[2].strip() for x in lines if x.startswith("model name")),
+                platform.processor())
+
+
+# CPU features that decide how fast a matmul can be: bf16 runs on AMX tiles or AVX-512 BF16
+# instructions where the CPU has them, and is emulated (often slower than fp32) where it has not
+CPU_FLAGS = ("avx2", "fma", "avx512f", "avx512_bf16", "avx512_fp16", "amx_tile", "amx_bf16")
+
+
+def machine_info(device: torch.device | None = None, precision: str | None = None) -> dict[str, object]:
+    """What a run's times depend on: CPU and its matrix instructions, cores, threads, memory, load,
+    library versions; with `device` and `precision`, what `auto` resolved to on this machine (the
+    same config runs bf16 on one CPU and fp32 on another, at half the speed)."""
+    import peft
+    import psutil
+    import transformers
+
+    flags = cpu_flags()
+    info: dict[str, object] = {
+        "platform": platform.platform(),
+        "python": platform.python_version(),
+        "cpu": cpu_model(),
+        "cpu_count": os.cpu_count(),
+        "cpu_flags": {f: f in flags for f in CPU_FLAGS} if flags else None,
+        "torch_cpu_capability": torch.backends.cpu.get_cpu_capability(),
+        "memory_gb": round(psutil.virtual_memory().total / 2**30, 1),
+        "load_average": [round(x, 2) for x in os.getloadavg()],  # others' jobs share the machine
+        "torch": torch.__version__,
+        "torch_threads": torch.get_num_threads(),
+        "cuda": torch.cuda.is_available(),
+        **({"gpu": torch.cuda.get_device_name(0), "torch_cuda": torch.version.cuda}
+           if torch.cuda.is_available() else {}),
+        "transformers": transformers.__version__,
+        "peft": peft.__version__,
+    }
+    if device is not None:
+        info["device"] = str(device)
+    if device is not None and precision is not None:
+        info["precision"] = resolve_precision(device, precision)
+    return info
 
 
 def native_bf16(device: torch.device) -> bool:

@@ -15,6 +15,7 @@ import json
 import os
 from collections.abc import Callable
 from dataclasses import dataclass, replace
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -26,6 +27,7 @@ from fedcustom.core.device import (
     autocast,
     check_precision,
     check_quantization,
+    machine_info,
     reset_peak_rss,
     resolve_device,
     resolve_precision,
@@ -48,6 +50,7 @@ from fedcustom.strategies.fedavg import FedAvg, FedAvgOptions
 from fedcustom.tasks import task_for
 
 LABELS = "labels.json"
+MACHINE = "machine.json"  # one entry per start and resume: where the run's times were measured
 RecordHook = Callable[[str, dict[str, Any]], None]  # (mode, record), once the record is saved
 
 
@@ -112,6 +115,7 @@ def execute(cfg: ExperimentConfig, resume_dir: Path | None, log: Any,
         model.to(device)  # once; batches follow it, states come back to the CPU (see core/device.py)
         initial = method.get_state(model)  # every mode starts from this initialization
         n_params = sum(v.numel() for k, v in initial.items() if not is_owned_key(k))  # masks: bookkeeping
+        record_machine(run_dir / MACHINE, device, cfg.train.precision, resumed=resume_dir is not None)
         log(f"method {method.name}: {n_params:,} trainable parameters; {device.type}, "
             f"{resolve_precision(device, cfg.train.precision)} (train.precision = {cfg.train.precision})")
 
@@ -215,3 +219,12 @@ def execute(cfg: ExperimentConfig, resume_dir: Path | None, log: Any,
         tracker.close()  # FINISHED: the run folder's files become artifacts
         log(f"\n{summary}\n\nresults: {run_dir}")
         return results
+
+
+def record_machine(path: Path, device: torch.device, precision: str, resumed: bool) -> None:
+    """Append this start's machine to the run's machine.json: `precision = "auto"` is bf16 on one CPU
+    and fp32 (at about half the speed) on another, so a run's times need the machine beside them."""
+    starts = json.loads(path.read_text()) if resumed and path.is_file() else []
+    starts.append({"started": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
+                   **machine_info(device, precision)})
+    atomic_write(path, json.dumps(starts, indent=1) + "\n")
