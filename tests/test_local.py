@@ -51,6 +51,9 @@ def test_one_client_alone_is_the_centralized_run(tiny_config) -> None:
         assert one["test_loss"] == pytest.approx(c["test_loss"], rel=1e-5)
         if c["round"]:
             assert one["test_accuracy_min"] == one["test_accuracy_max"] == c["test_accuracy"]
+    # the one record after round 2 carries the work of both rounds, as the centralized ones add up
+    for key in ("forward_passes", "backward_passes"):
+        assert loc[1][key] == sum(r[key] for r in out["centralized"].records if r["round"]) > 0
 
 
 def test_local_mode_resumes_after_the_last_finished_client(tiny_config) -> None:

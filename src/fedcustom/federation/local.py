@@ -39,24 +39,30 @@ def local_sample(num_clients: int, k: int, seed: int) -> list[int]:
 def train_alone(clients: Clients, cid: int, initial: State, rounds: int,
                 evaluates: Callable[[int], bool],
                 evaluate: Callable[[nn.Module], dict[str, Any]]) -> dict[int, dict[str, Any]]:
-    """Client `cid` on its own for `rounds` rounds: its metrics after every evaluated round. It
-    continues from its own state; where that state is not its model (Method.own_client_models) it
-    keeps its model and receives the initial state, which carries nothing, every round."""
+    """Client `cid` on its own for `rounds` rounds: its metrics after every evaluated round, with
+    the work since the previous evaluated one (passes, training seconds, and wall seconds with the
+    evaluation), so that the records add up to the whole run. It continues from its own state;
+    where that state is not its model (Method.own_client_models) it keeps its model and receives
+    the initial state, which carries nothing, every round."""
     method = clients.method
     state, metrics = initial, {}
     device = model_device(clients.model)
     reset_peak_memory(device)  # a client's peak over all its rounds
+    trained, forward, backward, start = 0.0, 0, 0, time.perf_counter()
     for server_round in range(1, rounds + 1):
-        start = time.perf_counter()
         ctx = fit_context(clients.seed, server_round, cid,
                           Instructions(lr_scale(clients.train, server_round, rounds)))
         state, local = client_update(clients, initial if method.own_client_models else state, ctx)
+        trained += local.seconds
+        forward, backward = forward + local.forward_passes, backward + local.backward_passes
         if evaluates(server_round):
             model = method.client_model(clients.model, cid, state)
             metrics[server_round] = {**evaluate(model), "train_loss": local.loss,
-                                     "client_seconds": local.seconds,
+                                     "client_seconds": trained, "forward_passes": forward,
+                                     "backward_passes": backward,
                                      "round_seconds": time.perf_counter() - start,
                                      **peak_memory_mb(device)}
+            trained, forward, backward, start = 0.0, 0, 0, time.perf_counter()
     return metrics
 
 
@@ -78,8 +84,9 @@ def local_records(per_client: ClientMetrics, examples: dict[int, int],
             if key.endswith("accuracy"):
                 record[f"{key}_weighted"] = sum(at[c][key] * examples[c] for c in at) / total
                 record[f"{key}_min"], record[f"{key}_max"] = min(values), max(values)
-        record["client_seconds"] = sum(m["client_seconds"] for m in at.values())
-        record["round_seconds"] = sum(m["round_seconds"] for m in at.values())
+        for key in ("client_seconds", "round_seconds", "forward_passes", "backward_passes"):
+            if key in next(iter(at.values())):  # totals over the clients, not their means
+                record[key] = sum(m[key] for m in at.values())
         record.update(bytes_up=0, bytes_down=0, peak_rss_mb=peak_rss_mb())
         peaks = [m["peak_accelerator_mb"] for m in at.values() if "peak_accelerator_mb" in m]
         if peaks:  # on a GPU: the largest client's, not their mean
