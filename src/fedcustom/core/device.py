@@ -81,7 +81,7 @@ CPU_FLAGS = ("avx2", "fma", "avx512f", "avx512_bf16", "avx512_fp16", "amx_tile",
 def machine_info(device: torch.device | None = None, precision: str | None = None) -> dict[str, object]:
     """What a run's times depend on: CPU and its matrix instructions, cores, threads, memory, load,
     library versions; with `device` and `precision`, what `auto` resolved to on this machine (the
-    same config runs bf16 on one CPU and fp32 on another, at half the speed)."""
+    same config runs bf16 on one CPU and fp32 on another: docs/demo/fp32-avx2)."""
     import peft
     import psutil
     import transformers

@@ -223,7 +223,7 @@ def execute(cfg: ExperimentConfig, resume_dir: Path | None, log: Any,
 
 def record_machine(path: Path, device: torch.device, precision: str, resumed: bool) -> None:
     """Append this start's machine to the run's machine.json: `precision = "auto"` is bf16 on one CPU
-    and fp32 (at about half the speed) on another, so a run's times need the machine beside them."""
+    and fp32 on another (the demo: 2.4x slower), so a run's times need the machine beside them."""
     starts = json.loads(path.read_text()) if resumed and path.is_file() else []
     starts.append({"started": datetime.now(UTC).strftime("%Y-%m-%dT%H:%M:%SZ"),
                    **machine_info(device, precision)})
