@@ -61,6 +61,7 @@ def test_95_and_99_percent_of_the_reference() -> None:
     result = convergence(FED, CEN)
     assert result is not None
     assert result.reference == Reference(0.80, 2, "final")
+    assert result.selected == Reference(0.795, 5, "final")  # no validation: the federated final
     assert result.reached == {0.95: Reached(3, 300.0), 0.99: Reached(5, 500.0)}
     # 5 rounds: the last tenth is round 5 alone, so the last two evaluated rounds, 4 and 5:
     # 0.795 - 0.79 = 0.005 < 0.01
@@ -106,3 +107,17 @@ def test_plateau_over_the_last_tenth_of_the_rounds() -> None:
     assert plateau(curve({0: 0.5, 1: 0.25, 2: 0.26})) == Plateau(False, 0.26 - 0.25, 1, 2)
     assert plateau(curve({0: 0.5, 1: 0.25, 2: 0.259})) == Plateau(True, 0.259 - 0.25, 1, 2)
     assert plateau(curve({0: 0.5})) is None  # one evaluation: nothing to compare
+
+
+def test_the_federated_round_is_selected_on_validation_like_the_reference() -> None:
+    # the federated run's validation peaks at round 6 (0.83), where its test accuracy is 0.79;
+    # its final round (10) tests higher, 0.80, but the test set chooses nothing
+    fed = curve({0: 0.3, 3: 0.6, 6: 0.79, 9: 0.78, 10: 0.80}, up=6, down=4)
+    for r, val in zip((r for r in fed if "test_accuracy" in r), (0.3, 0.62, 0.83, 0.81, 0.82), strict=True):
+        r["val_accuracy"] = val
+    cen = [{"round": 0, "val_accuracy": 0.4, "test_accuracy": 0.4},
+           {"round": 1, "val_accuracy": 0.9, "test_accuracy": 0.82}]
+    result = convergence(fed, cen)
+    assert result is not None
+    assert result.selected == Reference(0.79, 6, "best validation")
+    assert result.reference == Reference(0.82, 1, "best validation")

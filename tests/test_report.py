@@ -164,8 +164,9 @@ def test_report_of_records_that_skip_metrics_on_some_rounds(tmp_path: Path) -> N
     4 and 5 have no test_*/val_* keys. Local has a record per evaluated round only (here every
     other round, to differ from the others) and sends nothing."""
     run_dir = write_run_folder(tmp_path / "hand", CONFIG, {
-        "federated": [record(0, 0.50), record(1), record(2), record(3, 0.77), record(4), record(5),
-                      record(6, 0.795)],
+        # validation too: the federated run's own best validation round is 3 (selected: 0.77)
+        "federated": [record(0, 0.50), record(1), record(2), record(3, 0.77, val_accuracy=0.86), record(4),
+                      record(5), record(6, 0.795, val_accuracy=0.85)],
         # validation: the reference is round 3's test accuracy (best validation), not round 6's
         "centralized": [record(0, 0.50, val_accuracy=0.50), record(1, up=500, down=500),
                         record(2, up=500, down=500), record(3, 0.80, 500, 500, val_accuracy=0.85),
@@ -190,7 +191,8 @@ def test_report_of_records_that_skip_metrics_on_some_rounds(tmp_path: Path) -> N
     # reference 0.80: 95% = 0.76 reached at round 3 after 3 x 100 bytes; 99% = 0.792 at round 6;
     # plateau: the last tenth of 6 rounds is round 6 alone, so rounds 3 and 6: 0.795 - 0.77
     assert rows(section(report, "Convergence"))["hand federated (prefix, fedavg)"][1:] == [
-        "80.00% (best validation, round 3)", "3", "300 B", "6", "600 B", "no (2.50 over rounds 3-6)"]
+        "80.00% (best validation, round 3)", "3", "300 B", "6", "600 B", "no (2.50 over rounds 3-6)",
+        "77.00% (best validation, round 3)", "96.25%"]  # 0.77 / 0.80
 
     per_round = section(report, "Test accuracy per round")
     header = [c.strip() for c in next(ln for ln in per_round.splitlines() if ln.startswith("|"))

@@ -192,12 +192,17 @@ def test_report_of_a_study_with_local_training_and_convergence(tmp_path: Path) -
         "partition.alpha": "1.0", "centralized reference": "79.00% (78.00%..80.00%)",
         "95%: round": "3 (2..4)", "95%: bytes": "300 B (200 B..400 B)",  # rounds 2 and 4
         "99%: round": "4 (4..4)", "99%: bytes": "400 B (400 B..400 B)",  # both at round 4
-        "plateaued (seeds)": "0/2", "plateau spread (points)": "4.50 (1.50..7.50)"}
+        "plateaued (seeds)": "0/2", "plateau spread (points)": "4.50 (1.50..7.50)",
+        # no federated validation here: selected is the final round, 0.795 / 0.80 and 0.775 / 0.78
+        "federated, selected": "78.50% (77.50%..79.50%)",
+        "selected / reference": "99.37% (99.36%..99.38%)"}
     assert converged["0.1"] == {
         "partition.alpha": "0.1", "centralized reference": "79.00% (78.00%..80.00%)",
         "95%: round": "4, 1/2 seeds", "95%: bytes": "400 B, 1/2 seeds",
         "99%: round": "not reached", "99%: bytes": "not reached",
-        "plateaued (seeds)": "1/2", "plateau spread (points)": "8.75 (0.50..17.00)"}
+        "plateaued (seeds)": "1/2", "plateau spread (points)": "8.75 (0.50..17.00)",
+        "federated, selected": "73.75% (70.50%..77.00%)",  # 0.77 / 0.80, 0.705 / 0.78
+        "selected / reference": "93.32% (90.38%..96.25%)"}
     per_round = table("Test accuracy per round")
     fed_row = next(row for label, row in per_round.items() if label.startswith("alpha=1.0, seed 0 (fed"))
     assert list(fed_row.values())[1:] == ["50.00%", "", "78.00%", "", "79.50%"]

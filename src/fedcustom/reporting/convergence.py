@@ -1,9 +1,12 @@
 """Convergence of a federated run, read from its records: when it gets close to its centralized
-reference, how many bytes that took, and whether its curve has flattened.
+reference, how many bytes that took, whether its curve has flattened, and what it scores when its
+round is chosen the way the reference's epoch is.
 
 The reference is the centralized run's test accuracy at the round of its best validation
 accuracy (the earliest such round) when its records have validation accuracy, else its final
-test accuracy: picking the best *test* round would select on the test set. Only evaluated rounds
+test accuracy: picking the best *test* round would select on the test set. The same choice made
+over the federated run's evaluated rounds gives its "selected" accuracy: the symmetric comparison
+(a server that keeps the round its validation set likes best), beside the final round's. Only evaluated rounds
 count: with `federation.eval_every`, the records of rounds in between carry no test_*/val_* keys
 (round 0 and the last round are always evaluated). Pure functions over record lists, so tests can
 check them against numbers computed by hand.
@@ -48,18 +51,19 @@ class Plateau:
 @dataclass(frozen=True)
 class Convergence:
     reference: Reference
+    selected: Reference  # the federated run's test accuracy, its round chosen like the reference's
     reached: dict[float, Reached | None]  # fraction of the reference -> first reached (None: not)
     plateau: Plateau | None  # None: fewer than two evaluated rounds
 
 
-def reference(centralized: list[Record]) -> Reference | None:
-    """The centralized reference accuracy (see the module's docstring); None without any test
-    accuracy."""
-    validated = [r for r in evaluated(centralized, "val_accuracy") if has(r, "test_accuracy")]
+def reference(records: list[Record]) -> Reference | None:
+    """The test accuracy at the earliest round of best validation accuracy, else the final one
+    (see the module's docstring); None without any test accuracy."""
+    validated = [r for r in evaluated(records, "val_accuracy") if has(r, "test_accuracy")]
     if validated:
         best = max(validated, key=lambda r: (r["val_accuracy"], -r["round"]))  # earliest best
         return Reference(best["test_accuracy"], best["round"], "best validation")
-    tested = evaluated(centralized)
+    tested = evaluated(records)
     return Reference(tested[-1]["test_accuracy"], tested[-1]["round"], "final") if tested else None
 
 
@@ -99,12 +103,12 @@ def plateau(records: list[Record], key: str = "test_accuracy") -> Plateau | None
 
 def convergence(federated: list[Record], centralized: list[Record],
                 fractions: tuple[float, ...] = FRACTIONS) -> Convergence | None:
-    """A federated run's convergence against its centralized reference (None: the centralized
-    records have no test accuracy yet)."""
-    ref = reference(centralized)
-    if ref is None:
+    """A federated run's convergence against its centralized reference (None: either side has
+    no test accuracy yet)."""
+    ref, selected = reference(centralized), reference(federated)
+    if ref is None or selected is None:
         return None
-    return Convergence(ref, {f: first_reaching(federated, f * ref.accuracy) for f in fractions},
+    return Convergence(ref, selected, {f: first_reaching(federated, f * ref.accuracy) for f in fractions},
                        plateau(federated))
 
 
@@ -119,4 +123,6 @@ EXPLAINED = (
     "evaluated round at which the federated test accuracy reaches it, and the bytes sent down and "
     "up in rounds 1 to that round. Plateau: max - min of the federated test accuracy over the "
     f"evaluated rounds in the last {100 // TAIL}% of the rounds (at least the last two evaluated), "
-    f"in points; a plateau when below {100 * PLATEAU:g}.")
+    f"in points; a plateau when below {100 * PLATEAU:g}. Selected: the federated test accuracy "
+    "at the federated run's own best validation round (else its final), the choice the reference "
+    "gets; beside it, its share of the reference.")

@@ -19,6 +19,7 @@ from fedcustom.reporting.convergence import (
     FRACTIONS,
     Plateau,
     Reached,
+    Reference,
     convergence,
     fraction_label,
 )
@@ -111,15 +112,20 @@ def convergence_table(runs: list[RunFolder]) -> str | None:
         result = convergence(run.modes["federated"], run.modes["centralized"])
         if result is None:
             continue
-        ref = result.reference
-        rows.append([run.label("federated"), f"{pct(ref.accuracy)} ({ref.chosen_by}, round {ref.round})",
+        ref, sel = result.reference, result.selected
+        rows.append([run.label("federated"), chosen_text(ref),
                      *(cell for f in FRACTIONS for cell in reached_cells(result.reached[f])),
-                     plateau_text(result.plateau)])
+                     plateau_text(result.plateau), chosen_text(sel), pct(sel.accuracy / ref.accuracy)])
     if not rows:
         return None
     return table(["federated run", "centralized reference",
                   *(f"{fraction_label(f)}: {what}" for f in FRACTIONS for what in ("round", "bytes")),
-                  "plateau (spread, points)"], rows, markdown=True)
+                  "plateau (spread, points)", "federated, selected", "selected / reference"],
+                 rows, markdown=True)
+
+
+def chosen_text(chosen: Reference) -> str:
+    return f"{pct(chosen.accuracy)} ({chosen.chosen_by}, round {chosen.round})"
 
 
 def accuracy_per_round(runs: list[RunFolder]) -> str:

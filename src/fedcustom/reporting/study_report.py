@@ -82,12 +82,15 @@ def convergence_table(axes: list[str], cells: list[CellResult]) -> str | None:
                 over_seeds([r.reached[f] for r in results], lambda x: x.bytes, fmt_bytes))),
             f"{sum(p.flat for p in plateaus)}/{len(plateaus)}" if plateaus else "n/a",
             spread([p.spread for p in plateaus], lambda v: f"{100 * v:.2f}"),
+            spread([r.selected.accuracy for r in results]),
+            spread([r.selected.accuracy / r.reference.accuracy for r in results]),
         ])
     if not rows:
         return None
     return table([*axes, "centralized reference",
                   *(f"{fraction_label(f)}: {what}" for f in FRACTIONS for what in ("round", "bytes")),
-                  "plateaued (seeds)", "plateau spread (points)"], rows, markdown=True)
+                  "plateaued (seeds)", "plateau spread (points)", "federated, selected",
+                  "selected / reference"], rows, markdown=True)
 
 
 def rounds(v: float) -> str:
