@@ -5,6 +5,7 @@ every exported adapter names its base model portably (a packaged model's hub id)
 from __future__ import annotations
 
 import json
+import shutil
 from pathlib import Path
 
 import pytest
@@ -16,9 +17,12 @@ from transformers import AutoTokenizer
 
 import fedcustom
 from fedcustom.core.config import to_dict
+from fedcustom.core.registry import METHODS
 from fedcustom.data import load_task_data
+from fedcustom.federation.rounds import new_best
 from fedcustom.methods.base import name_base_model
 from fedcustom.models.backbones import portable_name
+from fedcustom.runs.experiment import resume_experiment
 
 
 @torch.inference_mode()
@@ -81,3 +85,35 @@ def test_save_every_writes_snapshots_and_the_last_is_the_final_adapter(tiny_conf
         assert final.keys() == weights["round-0002"].keys()
         assert all(torch.equal(final[k], weights["round-0002"][k]) for k in final)
         assert not all(torch.equal(final[k], weights["round-0001"][k]) for k in final)
+
+
+def test_save_best_exports_the_round_of_best_validation_accuracy(tiny_config) -> None:
+    cfg = tiny_config(federation={"save_every": 1, "rounds": 3}, method={"name": "lora", "rank": 2},
+                      data={"validation_fraction": 0.25}, train={"precision": "fp32"})
+    result = fedcustom.run(to_dict(cfg))
+    for mode in ("federated", "centralized"):
+        folder = result.run_dir / mode
+        vals = [r["val_accuracy"] for r in result.records[mode]]
+        chosen = json.loads((folder / "best" / "round.json").read_text())
+        assert chosen["round"] == vals.index(max(vals))  # the earliest best, round 0 included
+        assert chosen["val_accuracy"] == max(vals)
+        exported = load_file(folder / "best" / "adapter_model.safetensors")
+        if chosen["round"]:  # the same weights as that round's snapshot
+            snapshot = load_file(folder / "snapshots" / f"round-{chosen['round']:04d}"
+                                 / "adapter_model.safetensors")
+            assert all(torch.equal(exported[k], snapshot[k]) for k in snapshot)
+    best = result.model("federated", best=True).module  # holds the best round's exchanged state
+    raw = load_file(result.run_dir / "federated" / "best" / "state.safetensors")
+    loaded = METHODS.get("lora")(cfg.method.options).get_state(best)
+    assert loaded.keys() == raw.keys() and all(torch.equal(loaded[k], raw[k]) for k in raw)
+
+    # A kill after a best round's checkpoint but before its export: resuming exports it. Here the
+    # centralized run's last round (3) is its best (validation 0.5, 0.5, 0.5, 1.0 in fp32).
+    assert new_best(result.records["centralized"])
+    folder = result.run_dir / "centralized"
+    before = load_file(folder / "best" / "state.safetensors")
+    shutil.rmtree(folder / "best")
+    resume_experiment(result.run_dir, log=lambda *_: None)
+    assert json.loads((folder / "best" / "round.json").read_text())["round"] == 3
+    after = load_file(folder / "best" / "state.safetensors")
+    assert all(torch.equal(before[k], after[k]) for k in before)

@@ -170,6 +170,11 @@ class FederationConfig:
     save_every: int = opt(
         0, "also export the adapter every this many rounds, into <mode>/snapshots/round-NNNN "
            "(federated and centralized modes; 0: only the final adapter)")
+    save_best: bool = opt(
+        True, "also export the adapter of the round with the best validation accuracy so far (the "
+              "earliest, if tied) into <mode>/best, with its round in best/round.json: the early-stopped "
+              "centralized model, and the federated round a server would keep (needs "
+              "data.validation_fraction > 0)")
     update_memory_mb: float = opt(
         256.0, "MB of a round's client updates (payload bytes) the server keeps in memory until they are "
                "aggregated; the others wait in a folder of the system temp dir (TMPDIR: keep it on disk, "

@@ -137,6 +137,13 @@ def fit_context(seed: int, server_round: int, cid: int, instructions: Instructio
     return FitContext(cid, server_round, client_seed(seed, server_round, cid), instructions)
 
 
+def new_best(records: list[dict[str, Any]], key: str = "val_accuracy") -> bool:
+    """Whether the last record has `key` and beats every earlier one (ties keep the earliest)."""
+    if not records or key not in records[-1]:
+        return False
+    return all(records[-1][key] > r[key] for r in records[:-1] if key in r)
+
+
 def stalled(records: list[dict[str, Any]], patience: int) -> bool:
     """Early stopping: the last `patience` evaluations of val_accuracy all came after its best."""
     values = [r["val_accuracy"] for r in records if "val_accuracy" in r]

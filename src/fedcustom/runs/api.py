@@ -57,9 +57,10 @@ class Result:
             raise UserError(f"no record of {self.run_dir} has '{metric}'; recorded: {', '.join(known)}")
         return out
 
-    def model(self, mode: str = "federated", device: str | None = None) -> TrainedModel:
-        """The mode's final model, ready to `.predict(texts)` (device: default the run's)."""
-        return load_model(self.run_dir, self.config, mode, device)
+    def model(self, mode: str = "federated", device: str | None = None, best: bool = False) -> TrainedModel:
+        """The mode's final model, ready to `.predict(texts)` (device: default the run's); `best`:
+        its round of best validation accuracy instead (federation.save_best)."""
+        return load_model(self.run_dir, self.config, mode, device, best)
 
 
 def run(config: ConfigLike = None, /, *, data: Any = None, **overrides: Any) -> Result:

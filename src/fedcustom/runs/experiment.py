@@ -41,7 +41,7 @@ from fedcustom.data import TaskData, load_task_data, partition_indices, partitio
 from fedcustom.federation.attacks import Attack
 from fedcustom.federation.faults import Faults
 from fedcustom.federation.local import local_records, local_sample, train_alone
-from fedcustom.federation.rounds import Clients, Job
+from fedcustom.federation.rounds import Clients, Job, new_best
 from fedcustom.runs.results import RunWriter
 from fedcustom.runs.summary import headline_metric, side_by_side
 from fedcustom.runs.tracking import Tracker
@@ -184,6 +184,9 @@ def execute(cfg: ExperimentConfig, resume_dir: Path | None, log: Any,
             if ckpt is not None:
                 start, state = ckpt.round, ckpt.state
                 strategy.load_state_dict(ckpt.strategy_state)
+                if cfg.federation.save_best and new_best(writer.records) and writer.best_round() != start:
+                    # killed between the checkpoint of a best round and its export: export it now
+                    writer.save_best(method, model, writer.records[-1], state, adopted=False)
                 log(f"{mode}: resuming after round {start} of {cfg.federation.rounds}")
                 for record in writer.records:  # the trackers skip (MLflow) or rewrite (TensorBoard) these
                     tracker.log(mode, record)
@@ -193,6 +196,8 @@ def execute(cfg: ExperimentConfig, resume_dir: Path | None, log: Any,
                 every = cfg.federation.save_every
                 if every and record["round"] and record["round"] % every == 0:
                     writer.save_snapshot(method, model, record["round"])
+                if cfg.federation.save_best and new_best(writer.records):
+                    writer.save_best(method, model, record, new_state)
                 tracker.log(mode, record)
                 if on_record is not None:
                     on_record(mode, record)

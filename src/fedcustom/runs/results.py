@@ -137,6 +137,11 @@ class RunWriter:
         save_checkpoint(self.path / CHECKPOINT, ckpt)
         self.write_records()
 
+    def best_round(self) -> int | None:
+        """The round of the adapter in best/ (None: none saved)."""
+        path = self.path / "best" / "round.json"
+        return json.loads(path.read_text())["round"] if path.is_file() else None
+
     def write_records(self) -> None:
         jsonl = "".join(json.dumps(r) + "\n" for r in self.records)
         atomic_write(self.path / "rounds.jsonl", jsonl)
@@ -152,6 +157,17 @@ class RunWriter:
         round's state), exported into snapshots/round-NNNN (federation.save_every)."""
         (self.path / "snapshots").mkdir(exist_ok=True)
         self.save_adapter(method, model, None, self.path / "snapshots" / f"round-{server_round:04d}")
+
+    def save_best(self, method: Method, model: Any, record: dict[str, Any], state: State,
+                  adopted: bool = True) -> None:
+        """The model after `record`'s round, the best on validation so far, into best/
+        (federation.save_best): its adapter, its raw `state` and, last, best/round.json with the
+        round and its metrics. `adopted`: the model already holds `state` (in the round loop)."""
+        best = self.path / "best"
+        self.save_adapter(method, model, None if adopted else state, best)
+        atomic_write(best / "state.safetensors", save({k: v.contiguous() for k, v in state.items()}))
+        metrics = {k: v for k, v in record.items() if k == "round" or k.startswith(("val_", "test_"))}
+        atomic_write(best / "round.json", json.dumps(metrics, indent=1) + "\n")
 
     @staticmethod
     def save_adapter(method: Method, model: Any, state: State | None, dest: Path) -> None:

@@ -76,13 +76,18 @@ class TrainedModel:
             return self.module.generate_one(ids)
 
 
-def load_model(run_dir: Path, cfg: ExperimentConfig, mode: str, device: str | None = None) -> TrainedModel:
-    """Mode `mode` of the run in `run_dir` (saved with `cfg`), on `device` (default: cfg.device)."""
+def load_model(run_dir: Path, cfg: ExperimentConfig, mode: str, device: str | None = None,
+               best: bool = False) -> TrainedModel:
+    """Mode `mode` of the run in `run_dir` (saved with `cfg`), on `device` (default: cfg.device);
+    `best`: the round of best validation accuracy (federation.save_best) instead of the final one."""
     if mode not in MODES:
         raise UserError(f"mode {mode!r}: expected one of {list(MODES)}")
     if mode == "local":
         raise UserError("mode 'local' has no single model: every client trained alone")
-    state_file = run_dir / mode / "state.safetensors"
+    state_file = run_dir / mode / ("best" if best else "") / "state.safetensors"
+    if best and not state_file.is_file():
+        raise UserError(f"{run_dir}: mode '{mode}' has no best round ({state_file}): it needs "
+                        "data.validation_fraction > 0 and federation.save_best = true")
     if not state_file.is_file():
         raise UserError(f"{run_dir}: mode '{mode}' has no final state ({state_file}): not run, or "
                         "not finished (resume it with `fedcustom run --resume`)")
