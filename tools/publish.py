@@ -21,8 +21,10 @@ import sys
 from pathlib import Path
 
 RUN_FILES = ("config.toml", "partition.txt", "summary.txt", "labels.json", "machine.json")
-# adapter/prompt.json: a prompt method's final prompt (template and label words), a few hundred bytes
-MODE_FILES = ("rounds.jsonl", "rounds.csv", "clients.json", "prompt.json", "adapter/prompt.json")
+# adapter/prompt.json: a prompt method's final prompt (template and label words), a few hundred bytes;
+# best/round.json: the round federation.save_best exported, and its metrics
+MODE_FILES = ("rounds.jsonl", "rounds.csv", "clients.json", "prompt.json", "adapter/prompt.json",
+              "best/round.json")
 MODES = ("federated", "centralized", "local")
 
 
