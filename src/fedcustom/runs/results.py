@@ -161,22 +161,25 @@ class RunWriter:
     def save_best(self, method: Method, model: Any, record: dict[str, Any], state: State,
                   adopted: bool = True) -> None:
         """The model after `record`'s round, the best on validation so far, into best/
-        (federation.save_best): its adapter, its raw `state` and, last, best/round.json with the
-        round and its metrics. `adopted`: the model already holds `state` (in the round loop)."""
-        best = self.path / "best"
-        self.save_adapter(method, model, None if adopted else state, best)
-        atomic_write(best / "state.safetensors", save({k: v.contiguous() for k, v in state.items()}))
+        (federation.save_best): its adapter, its raw `state` and best/round.json with the round and
+        its metrics, replaced together. `adopted`: the model already holds `state` (the round loop)."""
         metrics = {k: v for k, v in record.items() if k == "round" or k.startswith(("val_", "test_"))}
-        atomic_write(best / "round.json", json.dumps(metrics, indent=1) + "\n")
+        self.save_adapter(method, model, None if adopted else state, self.path / "best", {
+            "state.safetensors": save({k: v.contiguous() for k, v in state.items()}),
+            "round.json": (json.dumps(metrics, indent=1) + "\n").encode()})
 
     @staticmethod
-    def save_adapter(method: Method, model: Any, state: State | None, dest: Path) -> None:
-        """`state` (None: the model's own) exported by the method; `dest` is replaced whole or not at all."""
+    def save_adapter(method: Method, model: Any, state: State | None, dest: Path,
+                     extra: dict[str, bytes] | None = None) -> None:
+        """`state` (None: the model's own) exported by the method, with `extra` files beside it;
+        `dest` is replaced whole or not at all."""
         tmp = dest.with_name(f".{dest.name}.tmp")
         shutil.rmtree(tmp, ignore_errors=True)
         if state is not None:
             method.set_state(model, state)
         method.save_adapter(model, tmp)
+        for name, data in (extra or {}).items():
+            (tmp / name).write_bytes(data)
         shutil.rmtree(dest, ignore_errors=True)
         os.replace(tmp, dest)
 
