@@ -2,10 +2,12 @@
 
 from __future__ import annotations
 
+import json
 import multiprocessing
 import os
 import signal
 from collections.abc import Iterator
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -13,11 +15,12 @@ import torch
 from safetensors.torch import load_file
 
 import fedcustom.engines.workers as workers
+import fedcustom.federation.local as local
 from fedcustom.core.config import ConfigError
 from fedcustom.engines.simulation import SimulationEngine
 from fedcustom.engines.workers import WorkerDied, assign
 from fedcustom.federation.attacks import ClientCrash
-from fedcustom.runs.experiment import run_experiment
+from fedcustom.runs.experiment import resume_experiment, run_experiment
 
 TIMING = ("client_seconds", "round_seconds", "peak_rss_mb")
 
@@ -80,6 +83,44 @@ def test_two_workers_give_the_numbers_of_one_process(tiny_config, pools, deadlin
     if "attack" in sections:
         assert any("ClientCrash" in x["reason"] for r in federated[1:] for x in r["rejected"])
     assert not multiprocessing.active_children()
+
+
+def local_numbers(cfg) -> list[dict]:
+    records = run_experiment(cfg, log=lambda *_: None)["local"].records
+    return [{k: v for k, v in r.items() if k not in TIMING} for r in records]
+
+
+def test_local_mode_in_two_workers_gives_the_numbers_of_one_process(tiny_config, pools, deadline) -> None:
+    base = {"partition": {"num_clients": 5}, "modes": ["local"],
+            "method": {"name": "lora", "rank": 2, "dropout": 0.1}}
+    one = local_numbers(tiny_config(**base, workers=1))
+    two = local_numbers(tiny_config(**base, workers=2))
+    assert pools == [2]
+    assert one == two and one[-1]["clients"] == 5
+    assert not multiprocessing.active_children()
+
+
+def test_a_local_worker_that_dies_keeps_the_finished_clients(tiny_config, deadline, monkeypatch) -> None:
+    train = local.client_update
+    whole = local_numbers(tiny_config(partition={"num_clients": 4}, modes=["local"]))
+
+    def dies_on_client_3(clients, state, ctx):
+        if ctx.cid == 3:
+            os._exit(3)
+        return train(clients, state, ctx)
+
+    monkeypatch.setattr(local, "client_update", dies_on_client_3)  # the forked workers see it
+    cfg = tiny_config(workers=2, partition={"num_clients": 4}, modes=["local"])
+    with pytest.raises(WorkerDied, match=r"local mode: simulation worker \d+ died \(exit code 3\) while "
+                                         r"training clients \[(3, \d|\d, 3)\]"):
+        run_experiment(cfg, log=lambda *_: None)
+    assert not multiprocessing.active_children()
+    run_dir = next(d for d in Path(cfg.output_dir).iterdir() if not (d / "local" / "rounds.jsonl").exists())
+    saved = json.loads((run_dir / "local" / "clients.json").read_text())
+    assert "3" not in saved and saved  # what finished before the death is kept
+    monkeypatch.setattr(local, "client_update", train)
+    again = resume_experiment(run_dir, log=lambda *_: None)["local"].records
+    assert [{k: v for k, v in r.items() if k not in TIMING} for r in again] == whole
 
 
 def test_a_round_where_every_client_fails_raises_their_error(tiny_config, deadline) -> None:

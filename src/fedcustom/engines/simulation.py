@@ -5,12 +5,15 @@ hands back its state. Payloads go through the real wire format both ways, so the
 the serialized sizes and nothing but the method's tensors crosses the engine boundary.
 
 With `workers` > 1 a round's clients train in that many forked processes that share the base
-model's memory (engines/workers.py), with the same numbers as in one process.
+model's memory (engines/workers.py), with the same numbers as in one process; so do the local
+mode's clients alone (`each_client`).
 """
 
 from __future__ import annotations
 
 import multiprocessing
+from collections.abc import Callable, Iterator
+from typing import Any
 
 from fedcustom.core.config import ExperimentConfig
 from fedcustom.core.device import model_device
@@ -19,7 +22,7 @@ from fedcustom.core.payload import deserialize
 from fedcustom.core.registry import ENGINES
 from fedcustom.core.types import Instructions, State
 from fedcustom.engines.base import Engine
-from fedcustom.engines.workers import WorkerPool, cores, train_each
+from fedcustom.engines.workers import WorkerPool, cores, each_client, train_each
 from fedcustom.federation.replies import Receive, RoundReplies
 from fedcustom.federation.rounds import Clients, Job, run_rounds
 
@@ -48,10 +51,22 @@ class SimulationEngine(Engine):
 
         return run_rounds(job, train_clients)
 
-    def pool_size(self, clients: Clients) -> int:
-        """Worker processes for this run's clients: 1 (this process) where more cannot help (one
-        client: the centralized baseline) or cannot give the same numbers."""
-        size = min(self.workers, len(clients))
+    def each_client(self, clients: Clients, cids: list[int],
+                    fn: Callable[[int], Any]) -> Iterator[tuple[int, Any]]:
+        """(cid, fn(cid)) for each client, as each finishes: in worker processes as a round's
+        clients are (the local mode's clients alone), else one after another here."""
+        size = self.pool_size(clients, len(cids))
+        if size > 1:
+            with WorkerPool(clients, size, each_client(fn)) as pool:
+                yield from pool.map(cids, "local mode")
+        else:
+            for cid in cids:
+                yield cid, fn(cid)
+
+    def pool_size(self, clients: Clients, count: int | None = None) -> int:
+        """Worker processes for `count` of this run's clients (default all): 1 (this process) where
+        more cannot help (one client: the centralized baseline) or cannot give the same numbers."""
+        size = min(self.workers, len(clients) if count is None else count)
         if size > 1 and clients.method.own_client_models:
             logger.warning(f"workers = {self.workers}: method '{clients.method.name}' keeps each client's "
                            "model between rounds; its clients train in this process")

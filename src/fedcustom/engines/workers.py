@@ -26,8 +26,9 @@ import os
 import pickle
 import signal
 import traceback
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import suppress
+from functools import partial
 from multiprocessing.connection import Connection, wait
 from multiprocessing.process import BaseProcess
 from types import TracebackType
@@ -98,6 +99,10 @@ def portable(e: Exception) -> Exception:
         return UserError(str(e)) if isinstance(e, UserError) else RuntimeError(repr(e))
 
 
+# a worker's work on one task: its messages, ending with ("done", None)
+Job = Callable[[Any], Iterator[tuple[str, Any]]]
+
+
 def answers(clients: Clients, task: tuple[int, bytes, list[int], Instructions]) -> Iterator[tuple[str, Any]]:
     """A worker's messages for one round: ("reply", (cid, reply, traceback or None)) for each client
     as soon as it is done, then ("done", None)."""
@@ -112,8 +117,18 @@ def answers(clients: Clients, task: tuple[int, bytes, list[int], Instructions]) 
     yield "done", None
 
 
-def serve(clients: Clients, conn: Connection, inherited: list[Connection]) -> None:
-    """A worker process: train the clients it is sent, until told to stop or the server is gone."""
+def each_client(fn: Callable[[int], Any]) -> Job:
+    """A worker's job for a list of clients: ("reply", (cid, fn(cid))) for each as soon as it is
+    done, then ("done", None)."""
+    def job(cids: list[int]) -> Iterator[tuple[str, Any]]:
+        for cid in cids:
+            yield "reply", (cid, fn(cid))
+        yield "done", None
+    return job
+
+
+def serve(job: Job, conn: Connection, inherited: list[Connection]) -> None:
+    """A worker process: run `job` on each task it is sent, until told to stop or the server is gone."""
     for end in inherited:  # the server's ends of every pipe: EOF here when the server dies
         end.close()
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C stops the server, which stops its workers
@@ -128,7 +143,7 @@ def serve(clients: Clients, conn: Connection, inherited: list[Connection]) -> No
             return
         if task is None:
             return
-        if not send_each(conn, answers(clients, task)):
+        if not send_each(conn, job(task)):
             return
 
 
@@ -152,10 +167,13 @@ def send_each(conn: Connection, messages: Iterator[tuple[str, Any]]) -> bool:
 
 
 class WorkerPool:
-    """`size` worker processes for one run's clients; a context manager that always stops them."""
+    """`size` worker processes for one run's clients; a context manager that always stops them.
+    Each worker runs `job` on the tasks it is sent: by default a round's training (`train_clients`);
+    `each_client(fn)` makes it a map over clients (`map`)."""
 
-    def __init__(self, clients: Clients, size: int) -> None:
+    def __init__(self, clients: Clients, size: int, job: Job | None = None) -> None:
         self.clients, self.size = clients, size
+        self.job = job or partial(answers, clients)
         self.workers: list[tuple[BaseProcess, Connection]] = []
 
     def start(self) -> None:
@@ -167,7 +185,7 @@ class WorkerPool:
             for i in range(self.size):
                 here, there = context.Pipe()
                 ends.append(here)
-                process = context.Process(target=serve, args=(self.clients, there, list(ends)),
+                process = context.Process(target=serve, args=(self.job, there, list(ends)),
                                           name=f"fedcustom-worker-{i}", daemon=True)
                 process.start()
                 there.close()
@@ -175,6 +193,20 @@ class WorkerPool:
 
     def train_clients(self, server_round: int, down: bytes, cids: list[int],
                       instructions: Instructions, receive: Receive) -> RoundReplies:
+        got: dict[int, Reply] = {}
+        for body in self.exchange(cids, lambda share: (server_round, down, share, instructions),
+                                  f"round {server_round}"):
+            cid, reply = received(*body)
+            got[cid] = receive(cid, reply)  # handed to the round as it comes
+        return RoundReplies({cid: got[cid] for cid in cids})  # in the order asked, as in process
+
+    def map(self, cids: list[int], where: str) -> Iterator[tuple[int, Any]]:
+        """(cid, fn(cid)) for every client, in the order they finish (the job is `each_client(fn)`)."""
+        yield from self.exchange(cids, lambda share: share, where)
+
+    def exchange(self, cids: list[int], task: Callable[[list[int]], Any], where: str) -> Iterator[Any]:
+        """Send each worker `task(its share of cids)`; yield the body of every reply as it comes,
+        until each worker is done. A worker's error or death raises, named by `where`."""
         if not self.workers:
             self.start()
         shares = assign(cids, [len(rows) for rows in self.clients.rows], self.size)
@@ -182,11 +214,10 @@ class WorkerPool:
         for (process, conn), share in zip(self.workers, shares, strict=True):
             if share:
                 try:
-                    conn.send((server_round, down, share, instructions))
+                    conn.send(task(share))
                 except OSError:
-                    raise self.died(process, server_round, share) from None
+                    raise self.died(process, where, share) from None
                 busy[conn] = (process, share)
-        got: dict[int, Reply] = {}
         while busy:
             ready = set(wait([*busy, *(process.sentinel for process, _ in busy.values())]))
             for conn, (process, share) in list(busy.items()):
@@ -194,21 +225,18 @@ class WorkerPool:
                     try:
                         kind, body = conn.recv()
                     except (EOFError, OSError):
-                        raise self.died(process, server_round, share) from None
+                        raise self.died(process, where, share) from None
                     if kind == "error":
-                        raise RuntimeError(f"round {server_round}: simulation worker {process.pid} "
-                                           f"failed:\n{body}")
+                        raise RuntimeError(f"{where}: simulation worker {process.pid} failed:\n{body}")
                     if kind == "done":
                         del busy[conn]
-                    else:  # one client's reply, handed to the round as it comes
-                        cid, reply = received(*body)
-                        got[cid] = receive(cid, reply)
+                    else:
+                        yield body
                 elif process.sentinel in ready:
-                    raise self.died(process, server_round, share)
-        return RoundReplies({cid: got[cid] for cid in cids})  # in the order asked, as in process
+                    raise self.died(process, where, share)
 
     @staticmethod
-    def died(process: BaseProcess, server_round: int, share: list[int]) -> WorkerDied:
+    def died(process: BaseProcess, where: str, share: list[int]) -> WorkerDied:
         process.join(timeout=5)
         code = process.exitcode
         how = "still running" if code is None else f"exit code {code}" if code >= 0 else \
@@ -216,8 +244,8 @@ class WorkerPool:
         hint = " (the out-of-memory killer sends SIGKILL: fewer workers need less memory)" \
             if code == -9 else ""
         clients = ", ".join(map(str, share[:8])) + (", ..." if len(share) > 8 else "")
-        return WorkerDied(f"round {server_round}: simulation worker {process.pid} died ({how}) while "
-                          f"training clients [{clients}]{hint}; the last round is checkpointed: "
+        return WorkerDied(f"{where}: simulation worker {process.pid} died ({how}) while training "
+                          f"clients [{clients}]{hint}; the work finished before it is saved: "
                           "`fedcustom run --resume RUN_DIR` goes on (workers = 1 trains in one process)")
 
     def close(self, now: bool = False) -> None:

@@ -16,6 +16,7 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from datetime import UTC, datetime
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -38,6 +39,7 @@ from fedcustom.core.log import info
 from fedcustom.core.registry import ENGINES, METHODS, STRATEGIES
 from fedcustom.core.types import State, is_owned_key
 from fedcustom.data import TaskData, load_task_data, partition_indices, partition_table
+from fedcustom.engines.simulation import SimulationEngine
 from fedcustom.federation.attacks import Attack
 from fedcustom.federation.faults import Faults
 from fedcustom.federation.local import local_records, local_sample, train_alone
@@ -144,11 +146,14 @@ def execute(cfg: ExperimentConfig, resume_dir: Path | None, log: Any,
             rounds = cfg.federation.rounds
             method.set_state(model, initial)
             start_metrics = evaluate(model)
-            for cid in local_sample(len(parts), cfg.federation.local_clients, cfg.seed):
-                if cid in per_client:
-                    continue
-                # the baseline's end point: each client is evaluated after its last round only
-                per_client[cid] = train_alone(clients, cid, initial, rounds, lambda r: r == rounds, evaluate)
+            todo = [c for c in local_sample(len(parts), cfg.federation.local_clients, cfg.seed)
+                    if c not in per_client]
+            # the baseline's end point: each client is evaluated after its last round only; with
+            # workers, clients train in that many processes (each on one thread)
+            alone = partial(train_alone, clients, initial=initial, rounds=rounds,
+                            evaluates=lambda r: r == rounds, evaluate=evaluate)
+            for cid, metrics in SimulationEngine.from_config(cfg).each_client(clients, todo, alone):
+                per_client[cid] = metrics
                 atomic_write(saved, json.dumps(per_client))
                 log(f"local: client {cid} done")
             writer = RunWriter(path)
