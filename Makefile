@@ -22,8 +22,10 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(VENV)/bin/fedcustom demo
 
+# two or more processes (pytest-xdist): the Flower tests wait on processes and sockets much of
+# their time, which the other tests fill; worksteal evens out the long ones
 test: $(STAMP)
-	$(PY) -m pytest -q
+	$(PY) -m pytest -q -n auto --dist worksteal
 
 bench: $(STAMP)
 	$(PY) -m benchmarks all
