@@ -75,7 +75,8 @@ def local_records(per_client: ClientMetrics, examples: dict[int, int],
     rounds = sorted({r for m in per_client.values() for r in m})
     total = sum(examples[c] for c in per_client)
     for r in rounds:
-        at = {c: m[r] for c, m in per_client.items() if r in m}
+        # by client id: the sums do not depend on the order clients finished in (workers)
+        at = {c: m[r] for c, m in sorted(per_client.items()) if r in m}
         record: dict[str, Any] = {"round": r, "clients": len(at)}
         keys = [k for k, v in next(iter(at.values())).items() if isinstance(v, int | float)]
         for key in keys:
