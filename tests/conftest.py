@@ -17,16 +17,6 @@ POSITIVE = ["great", "fine", "lovely", "superb", "moving", "funny", "brilliant",
 NEGATIVE = ["dull", "awful", "boring", "flat", "tedious", "weak", "clumsy", "bland"]
 
 
-# Modules of long tests that mostly wait on processes and sockets (a live Flower federation): they
-# go first, so that with several test processes (`make test`) the short tests fill their waits
-# instead of one long test running alone at the end.
-LONG_FIRST = ("test_flower.py", "test_flower_app.py")
-
-
-def pytest_collection_modifyitems(items: list[pytest.Item]) -> None:
-    items.sort(key=lambda item: item.path.name not in LONG_FIRST)  # stable: the rest keep their order
-
-
 @pytest.fixture(autouse=True)
 def one_thread() -> Iterator[None]:
     """Tiny models run fastest on one thread; runs that set their own threads restore it here."""
