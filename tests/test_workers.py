@@ -85,6 +85,16 @@ def test_two_workers_give_the_numbers_of_one_process(tiny_config, pools, deadlin
     assert not multiprocessing.active_children()
 
 
+def dies_on(cid: int, update):
+    """`update`, except that the process exits on client `cid`: as a process killed mid-round, no
+    reply and no exception."""
+    def update_or_die(clients, state, ctx):
+        if ctx.cid == cid:
+            os._exit(3)
+        return update(clients, state, ctx)
+    return update_or_die
+
+
 def local_numbers(cfg) -> list[dict]:
     records = run_experiment(cfg, log=lambda *_: None)["local"].records
     return [{k: v for k, v in r.items() if k not in TIMING} for r in records]
@@ -104,12 +114,7 @@ def test_a_local_worker_that_dies_keeps_the_finished_clients(tiny_config, deadli
     train = local.client_update
     whole = local_numbers(tiny_config(partition={"num_clients": 4}, modes=["local"]))
 
-    def dies_on_client_3(clients, state, ctx):
-        if ctx.cid == 3:
-            os._exit(3)
-        return train(clients, state, ctx)
-
-    monkeypatch.setattr(local, "client_update", dies_on_client_3)  # the forked workers see it
+    monkeypatch.setattr(local, "client_update", dies_on(3, train))  # the forked workers see it
     cfg = tiny_config(workers=2, partition={"num_clients": 4}, modes=["local"])
     with pytest.raises(WorkerDied, match=r"local mode: simulation worker \d+ died \(exit code 3\) while "
                                          r"training clients \[(3, \d|\d, 3)\]"):
@@ -133,14 +138,8 @@ def test_a_round_where_every_client_fails_raises_their_error(tiny_config, deadli
 
 
 def test_a_worker_that_dies_stops_the_run_with_a_clear_error(tiny_config, deadline, monkeypatch) -> None:
-    update = workers.client_update
-
-    def dies_on_client_1(clients, state, ctx):
-        if ctx.cid == 1:
-            os._exit(3)  # as a process killed mid-round: no reply, no exception
-        return update(clients, state, ctx)
-
-    monkeypatch.setattr(workers, "client_update", dies_on_client_1)  # the forked workers see it
+    # the forked workers see it
+    monkeypatch.setattr(workers, "client_update", dies_on(1, workers.client_update))
     cfg = tiny_config(workers=2, partition={"num_clients": 4}, modes=["federated"])
     with pytest.raises(WorkerDied, match=r"round 1: simulation worker \d+ died \(exit code 3\) while "
                                          r"training clients \[(1, \d|\d, 1)\]"):
