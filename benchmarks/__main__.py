@@ -11,7 +11,8 @@ from pathlib import Path
 
 from benchmarks.common import GPU_PARTS, RESULTS, Options
 
-BENCHMARKS = ("overhead", "throughput", "precision", "limit", "scale", "peer")  # `all`: the CPU suite
+# `all`: the CPU suite
+BENCHMARKS = ("overhead", "throughput", "eval-batch", "precision", "limit", "scale", "peer")
 OTHERS = ("memory", "flower-rounds")  # run by name only
 
 

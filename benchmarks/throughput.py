@@ -3,8 +3,8 @@
 Each method runs through fedcustom's own code: `Method.build_model` + `prepare`, the shared
 training loop (`Method.fit`, one local epoch, batch size from [train]) and `Method.evaluate`
 (inference mode, length-sorted batches of eval_batch_size). Tokenization and model loading are
-outside the clock. One torch thread. Evaluation is also timed at batch size SMALL_EVAL_BATCH: on a
-CPU, very large batches can be slower per example than moderate ones (cache), so both are shown.
+outside the clock. One torch thread. How the evaluation's speed depends on its batch size is the
+`eval-batch` benchmark's.
 `--set device=cuda` (and `train.precision=bf16`) measure on a GPU; the clocks stay honest there
 because training syncs every step (loss.item()) and evaluation on its outputs.
 """
@@ -19,7 +19,6 @@ import numpy as np
 from benchmarks.common import Mark, Options, experiment_config, median, one_thread, print_ratios, write_result
 
 METHODS = ("full", "lora", "prompt", "prefix")
-SMALL_EVAL_BATCH = 32
 
 
 @dataclass
@@ -92,20 +91,18 @@ def warm_up(bench: Bench, train_cfg: Any) -> None:
 
 def measure(cfg: Any, method_name: str, repeats: int) -> dict[str, float]:
     bench = build(cfg, method_name)
-    spans: dict[str, list[Mark]] = {"train": [], "eval": [], "eval_small": []}
+    spans: dict[str, list[Mark]] = {"train": [], "eval": []}
     for i in range(repeats):
         spans["train"].append(time_fit(bench, cfg.train, i))
         spans["eval"].append(time_evaluate(bench, cfg.train.precision, cfg.train.eval_batch_size)[0])
-        spans["eval_small"].append(time_evaluate(bench, cfg.train.precision, SMALL_EVAL_BATCH)[0])
     train, test = bench.train, bench.test
     out: dict[str, Any] = {"train_examples": len(train), "eval_examples": len(test),
                            "trainable_parameters": bench.trainable_parameters}
-    for key, n in (("train", len(train)), ("eval", len(test)), ("eval_small", len(test))):
-        name = key.replace("eval_small", f"eval_at_batch_{SMALL_EVAL_BATCH}")
-        out[f"{name}_wall_s"] = [m.wall for m in spans[key]]
-        out[f"{name}_cpu_s"] = [m.cpu for m in spans[key]]
-        out[f"{name}_examples_per_s"] = n / median([m.wall for m in spans[key]])
-        out[f"{name}_examples_per_cpu_s"] = n / median([m.cpu for m in spans[key]])
+    for key, n in (("train", len(train)), ("eval", len(test))):
+        out[f"{key}_wall_s"] = [m.wall for m in spans[key]]
+        out[f"{key}_cpu_s"] = [m.cpu for m in spans[key]]
+        out[f"{key}_examples_per_s"] = n / median([m.wall for m in spans[key]])
+        out[f"{key}_examples_per_cpu_s"] = n / median([m.cpu for m in spans[key]])
     return out
 
 
@@ -118,19 +115,14 @@ def run(opts: Options) -> dict[str, float]:
     for name in METHODS:
         results[name] = measure(cfg, name, repeats)
         r = results[name]
-        small = r[f"eval_at_batch_{SMALL_EVAL_BATCH}_examples_per_cpu_s"]
         print(f"throughput: {name:7s} per CPU second: train {r['train_examples_per_cpu_s']:7.1f} ex, "
-              f"eval {r['eval_examples_per_cpu_s']:7.1f} ex (batch {cfg.train.eval_batch_size}), "
-              f"{small:7.1f} ex (batch {SMALL_EVAL_BATCH})")
+              f"eval {r['eval_examples_per_cpu_s']:7.1f} ex (batch {cfg.train.eval_batch_size})")
     # ratios of examples per CPU second (robust to other jobs on the machine)
     full_train = results["full"]["train_examples_per_cpu_s"]
     ratios = {f"{name}_train_over_full": results[name]["train_examples_per_cpu_s"] / full_train
               for name in METHODS if name != "full"}
     ratios.update({f"{name}_eval_over_train": results[name]["eval_examples_per_cpu_s"]
                    / results[name]["train_examples_per_cpu_s"] for name in METHODS})
-    ratios.update({f"{name}_eval_batch_{SMALL_EVAL_BATCH}_over_{cfg.train.eval_batch_size}":
-                   results[name][f"eval_at_batch_{SMALL_EVAL_BATCH}_examples_per_cpu_s"]
-                   / results[name]["eval_examples_per_cpu_s"] for name in METHODS})
     settings = {"model": cfg.model.name, "dataset": cfg.data.dataset, "batch_size": cfg.train.batch_size,
                 "eval_batch_size": cfg.train.eval_batch_size, "max_length": cfg.model.max_length,
                 "repeats": repeats, "threads": 1, "device": cfg.device, "precision": cfg.train.precision}

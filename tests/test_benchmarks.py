@@ -72,6 +72,22 @@ def test_throughput_covers_every_gradient_method(bench) -> None:
     assert all(r["trainable_parameters"] < full for n, r in result["results"].items() if n != "full")
 
 
+def test_eval_batch_times_every_size_on_the_same_weights(bench) -> None:
+    from benchmarks.eval_batch import LARGEST, SIZES
+
+    code, out = bench("eval-batch", "--quick")
+    assert code == 0
+    result = load(out, "eval-batch")
+    assert set(result["results"]) == {f"{m}_{t}_threads" for m in ("prefix", "full")
+                                      for t in result["settings"]["threads"]}
+    for name, r in result["results"].items():
+        assert set(r["examples_per_s"]) == {str(b) for b in SIZES} and min(r["examples_per_s"].values()) > 0
+        # one model, the same rows: the batch size moves only the rounding
+        assert r["max_accuracy_change"] <= 1 / r["eval_examples"] and r["max_loss_change"] < 1e-3, name
+        speed = r["examples_per_s"]
+        assert result["ratios"][f"{name}_batch_8_over_{LARGEST}"] == speed["8"] / speed[str(LARGEST)]
+
+
 def test_precision_compares_fp32_and_bf16_per_method(bench) -> None:
     code, out = bench("precision", "--quick")
     assert code == 0
