@@ -56,6 +56,7 @@ class DataConfig:
     split_seed: int = opt(0, "seed of the train/test split; fixed so every run sees the same test set")
     max_train_examples: int = opt(0, "keep at most this many training examples (0: all)")
     max_test_examples: int = opt(0, "keep at most this many test examples (0: all)")
+    max_validation_examples: int = opt(0, "keep at most this many validation examples (0: all)")
     task: Literal["auto", "classification", "generation"] = opt(
         "auto", "what a user file holds: labelled text, or prompt/response pairs (auto: generation "
                 "when it has the prompt and response columns; built-in datasets know their task)")
@@ -67,6 +68,7 @@ class DataConfig:
         check(0 <= self.validation_fraction < 1, "validation_fraction", "a number in [0, 1)")
         check(self.max_train_examples >= 0, "max_train_examples", "an integer >= 0")
         check(self.max_test_examples >= 0, "max_test_examples", "an integer >= 0")
+        check(self.max_validation_examples >= 0, "max_validation_examples", "an integer >= 0")
 
 
 @dataclass(frozen=True)

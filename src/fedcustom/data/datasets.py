@@ -175,6 +175,8 @@ def task_data(name: str, table: Table, train: np.ndarray, test: np.ndarray,
     spare = train[cfg.max_train_examples:] if cfg.max_train_examples else train[:0]
     train = train[: cfg.max_train_examples or None]
     test = test[: cfg.max_test_examples or None]
+    if validation is not None:
+        validation = validation[: cfg.max_validation_examples or None]
     return TaskData(
         name=name,
         train=to_dataset(table, train),
