@@ -98,14 +98,14 @@ def test_validation_split_is_disjoint_and_leaves_test_unchanged(rotten: TaskData
     assert len(task.validation) == 1020  # floor(10,202 * 0.1)
     assert len(task.train) == 10_202 - 1020
     assert list(task.test["text"]) == list(rotten.test["text"])
+    train, val = set(task.train["text"]), set(task.validation["text"])
+    assert not train & val and not val & set(task.test["text"])
+    assert train | val == set(rotten.train["text"])
     capped = load_task_data(DataConfig(dataset="rotten-tomatoes", validation_fraction=0.1,
                                        max_validation_examples=500))
     assert capped.validation is not None
     assert list(capped.validation["text"]) == list(task.validation["text"])[:500]
     assert list(capped.train["text"]) == list(task.train["text"])  # training rows unchanged
-    train, val = set(task.train["text"]), set(task.validation["text"])
-    assert not train & val and not val & set(task.test["text"])
-    assert train | val == set(rotten.train["text"])
 
 
 def test_csv_with_custom_columns_and_string_labels(tmp_path: Path) -> None:
